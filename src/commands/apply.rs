@@ -1,0 +1,91 @@
+//! `DLOCK.APPLY key owner token count lease_end_ms` — the effect of a lock command.
+//!
+//! Masters replicate every change to a hold as this command, and rewritten AOFs recreate holds
+//! with it, so replicas and AOF replay set exactly the owner, token, count and absolute lease
+//! end the master decided: nothing is decided again from the replica's clock or randomness.
+//! `count == 0` removes the hold. Every token applied raises this server's token clock, so a
+//! promoted replica never issues a token its master already issued.
+
+use std::ffi::CStr;
+use std::os::raw::c_char;
+
+use redis_module::{raw, Context, ContextFlags, RedisError, RedisResult, RedisString, RedisValue};
+
+use super::parse_i64;
+use crate::errors::{ERR_APPLY_ARGS, ERR_APPLY_INTERNAL};
+use crate::key::LockKey;
+use crate::lock::HoldState;
+use crate::token::CLOCK;
+
+pub const COMMAND: &CStr = c"DLOCK.APPLY";
+/// key (RedisModuleString), owner (buffer and length), token, count, lease end (long longs).
+pub const FORMAT: &CStr = c"sblll";
+
+/// Send `owner`'s new hold state on `key` to replicas and the AOF.
+pub fn replicate(ctx: &Context, key: &RedisString, owner: &[u8], state: HoldState) {
+    if let Some(replicate) = unsafe { raw::RedisModule_Replicate } {
+        unsafe {
+            replicate(
+                ctx.get_raw(),
+                COMMAND.as_ptr(),
+                FORMAT.as_ptr(),
+                key.inner,
+                owner.as_ptr().cast::<c_char>(),
+                owner.len(),
+                state.token,
+                i64::from(state.count),
+                state.lease_end,
+            )
+        };
+    }
+}
+
+struct ApplyArgs<'a> {
+    key: &'a RedisString,
+    owner: &'a [u8],
+    state: HoldState,
+}
+
+impl<'a> ApplyArgs<'a> {
+    fn parse(args: &'a [RedisString]) -> Result<Self, RedisError> {
+        let [_, key, owner, token, count, lease_end] = args else {
+            return Err(RedisError::WrongArity);
+        };
+        let owner = owner.as_slice();
+        let token = parse_i64(token).filter(|t| *t > 0);
+        let count = parse_i64(count).and_then(|c| u32::try_from(c).ok());
+        let lease_end = parse_i64(lease_end);
+        match (owner.is_empty(), token, count, lease_end) {
+            (false, Some(token), Some(count), Some(lease_end)) => Ok(ApplyArgs {
+                key,
+                owner,
+                state: HoldState {
+                    token,
+                    count,
+                    lease_end,
+                },
+            }),
+            _ => Err(RedisError::Str(ERR_APPLY_ARGS)),
+        }
+    }
+}
+
+pub fn run(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    if !ctx
+        .get_flags()
+        .intersects(ContextFlags::REPLICATED | ContextFlags::LOADING)
+    {
+        return Err(RedisError::Str(ERR_APPLY_INTERNAL));
+    }
+    let args = ApplyArgs::parse(&args)?;
+    CLOCK.observe(args.state.token);
+    let mut key = LockKey::open_write(ctx, args.key);
+    if args.state.count == 0 && key.lock()?.is_none() {
+        return Ok(RedisValue::SimpleStringStatic("OK"));
+    }
+    key.lock_or_insert()?.apply(args.owner, args.state);
+    key.commit();
+    // A replica's own AOF and its sub-replicas need the same effect.
+    ctx.replicate_verbatim();
+    Ok(RedisValue::SimpleStringStatic("OK"))
+}

@@ -1,0 +1,40 @@
+//! `DLOCK.EXTEND key owner ttl_ms`
+
+use redis_module::{Context, RedisError, RedisResult, RedisString, RedisValue};
+
+use super::{apply, now_ms, parse_owner, Ttl};
+use crate::key::LockKey;
+
+struct ExtendArgs<'a> {
+    key: &'a RedisString,
+    owner: &'a [u8],
+    ttl: Ttl,
+}
+
+impl<'a> ExtendArgs<'a> {
+    fn parse(args: &'a [RedisString], now: i64) -> Result<Self, RedisError> {
+        let [_, key, owner, ttl] = args else {
+            return Err(RedisError::WrongArity);
+        };
+        Ok(ExtendArgs {
+            key,
+            owner: parse_owner(owner)?,
+            ttl: Ttl::parse(ttl, now)?,
+        })
+    }
+}
+
+pub fn run(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    let now = now_ms();
+    let args = ExtendArgs::parse(&args, now)?;
+    let mut key = LockKey::open_write(ctx, args.key);
+    let Some(lock) = key.lock()? else {
+        return Ok(RedisValue::Integer(0));
+    };
+    let Some(state) = lock.extend(args.owner, now, args.ttl.lease_end(now)) else {
+        return Ok(RedisValue::Integer(0));
+    };
+    apply::replicate(ctx, args.key, args.owner, state);
+    key.commit();
+    Ok(RedisValue::Integer(1))
+}

@@ -1,0 +1,128 @@
+//! A key opened through the module key API, holding (or about to hold) a lock.
+//!
+//! A thin RAII layer over `RedisModule_OpenKey`: the type check that replies `WRONGTYPE`, the
+//! value, the absolute expiry that is the lock's lease, and deletion. Every raw call checks
+//! that the server exported the function instead of unwrapping it.
+
+use std::os::raw::c_int;
+use std::ptr;
+
+use redis_module::raw;
+use redis_module::{Context, RedisError, RedisString};
+
+use crate::datatype;
+use crate::errors::ERR_KEY_UNWRITABLE;
+use crate::lock::Lock;
+
+pub struct LockKey {
+    ctx: *mut raw::RedisModuleCtx,
+    name: *mut raw::RedisModuleString,
+    key: *mut raw::RedisModuleKey,
+}
+
+impl LockKey {
+    pub fn open_read(ctx: &Context, name: &RedisString) -> Self {
+        Self::open(ctx, name, raw::REDISMODULE_READ)
+    }
+
+    pub fn open_write(ctx: &Context, name: &RedisString) -> Self {
+        Self::open(ctx, name, raw::REDISMODULE_READ | raw::REDISMODULE_WRITE)
+    }
+
+    fn open(ctx: &Context, name: &RedisString, mode: u32) -> Self {
+        let ctx = ctx.get_raw();
+        let key = match unsafe { raw::RedisModule_OpenKey } {
+            Some(open) => unsafe { open(ctx, name.inner, mode as c_int) }.cast(),
+            None => ptr::null_mut(),
+        };
+        LockKey {
+            ctx,
+            name: name.inner,
+            key,
+        }
+    }
+
+    /// The lock stored at this key: `None` for an empty key, `WRONGTYPE` for any other type.
+    pub fn lock(&mut self) -> Result<Option<&mut Lock>, RedisError> {
+        if self.key.is_null() {
+            return Ok(None);
+        }
+        let key_type = match unsafe { raw::RedisModule_KeyType } {
+            Some(f) => unsafe { f(self.key) },
+            None => return Err(RedisError::WrongType),
+        };
+        if key_type == raw::REDISMODULE_KEYTYPE_EMPTY as c_int {
+            return Ok(None);
+        }
+        let api = unsafe {
+            (
+                raw::RedisModule_ModuleTypeGetType,
+                raw::RedisModule_ModuleTypeGetValue,
+            )
+        };
+        let (Some(get_type), Some(get_value)) = api else {
+            return Err(RedisError::WrongType);
+        };
+        if key_type != raw::REDISMODULE_KEYTYPE_MODULE as c_int
+            || unsafe { get_type(self.key) } != datatype::lock_type()
+        {
+            return Err(RedisError::WrongType);
+        }
+        let value = unsafe { get_value(self.key) }.cast::<Lock>();
+        Ok(unsafe { value.as_mut() })
+    }
+
+    /// The lock stored at this key, or a new empty lock stored in the empty key.
+    pub fn lock_or_insert(&mut self) -> Result<&mut Lock, RedisError> {
+        if self.lock()?.is_none() {
+            let value = Box::into_raw(Box::new(Lock::new()));
+            let stored = match unsafe { raw::RedisModule_ModuleTypeSetValue } {
+                Some(set) if !self.key.is_null() => unsafe {
+                    set(self.key, datatype::lock_type(), value.cast())
+                },
+                _ => raw::REDISMODULE_ERR as c_int,
+            };
+            if stored != raw::REDISMODULE_OK as c_int {
+                drop(unsafe { Box::from_raw(value) });
+            }
+        }
+        self.lock()?.ok_or(RedisError::Str(ERR_KEY_UNWRITABLE))
+    }
+
+    /// Write back a changed lock: delete the key when no hold is left, otherwise make it
+    /// expire with its latest lease; then tell WATCH and client-side caching. The module runs
+    /// with `NO_IMPLICIT_SIGNAL_MODIFIED`, so a refused acquire does not abort a watcher.
+    pub fn commit(&mut self) {
+        let expires_at = match self.lock() {
+            Ok(Some(lock)) if !lock.is_empty() => lock.expires_at(),
+            _ => None,
+        };
+        if self.key.is_null() {
+            return;
+        }
+        unsafe {
+            match (expires_at, raw::RedisModule_SetAbsExpire, raw::RedisModule_DeleteKey) {
+                (Some(at), Some(set_expire), _) => {
+                    set_expire(self.key, at);
+                }
+                (None, _, Some(delete)) => {
+                    delete(self.key);
+                }
+                _ => {}
+            }
+            if let Some(signal) = raw::RedisModule_SignalModifiedKey {
+                signal(self.ctx, self.name);
+            }
+        }
+    }
+}
+
+impl Drop for LockKey {
+    fn drop(&mut self) {
+        if let Some(close) = unsafe { raw::RedisModule_CloseKey } {
+            if !self.key.is_null() {
+                unsafe { close(self.key) };
+            }
+        }
+    }
+}
