@@ -56,14 +56,7 @@ pub fn register(ctx: *mut raw::RedisModuleCtx) -> Result<(), &'static str> {
         aux_save2: None,
     };
     let create = unsafe { raw::RedisModule_CreateDataType }.ok_or("no CreateDataType API")?;
-    let created = unsafe {
-        create(
-            ctx,
-            TYPE_NAME.as_ptr(),
-            ENCODING_VERSION,
-            &mut methods,
-        )
-    };
+    let created = unsafe { create(ctx, TYPE_NAME.as_ptr(), ENCODING_VERSION, &mut methods) };
     if created.is_null() {
         return Err("the server refused to create the dlocklock data type");
     }

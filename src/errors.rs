@@ -5,7 +5,8 @@ pub const ERR_TTL: &str = "ERR ttl must be a positive integer in milliseconds";
 pub const ERR_TTL_RANGE: &str = "ERR ttl is too large: the lease end would overflow";
 pub const ERR_OWNER_EMPTY: &str = "ERR owner must not be empty";
 pub const ERR_OWNER_TOO_LONG: &str = "ERR owner is longer than 256 bytes";
-pub const ERR_TOKENS_EXHAUSTED: &str = "ERR fencing tokens exhausted: no token above the last one fits in 63 bits";
+pub const ERR_TOKENS_EXHAUSTED: &str =
+    "ERR fencing tokens exhausted: no token above the last one fits in 63 bits";
 pub const ERR_APPLY_INTERNAL: &str =
     "ERR DLOCK.APPLY is internal: only a master's replication stream or the AOF may send it";
 pub const ERR_APPLY_ARGS: &str = "ERR DLOCK.APPLY arguments are out of range";

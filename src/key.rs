@@ -101,7 +101,11 @@ impl LockKey {
             return;
         }
         unsafe {
-            match (expires_at, raw::RedisModule_SetAbsExpire, raw::RedisModule_DeleteKey) {
+            match (
+                expires_at,
+                raw::RedisModule_SetAbsExpire,
+                raw::RedisModule_DeleteKey,
+            ) {
                 (Some(at), Some(set_expire), _) => {
                     set_expire(self.key, at);
                 }
@@ -119,10 +123,8 @@ impl LockKey {
 
 impl Drop for LockKey {
     fn drop(&mut self) {
-        if let Some(close) = unsafe { raw::RedisModule_CloseKey } {
-            if !self.key.is_null() {
-                unsafe { close(self.key) };
-            }
+        if let (Some(close), false) = (unsafe { raw::RedisModule_CloseKey }, self.key.is_null()) {
+            unsafe { close(self.key) };
         }
     }
 }

@@ -4,6 +4,20 @@
 //! category, and the load-time checks. Command bodies live in `commands/`, the lock's rules in
 //! `lock.rs`, the fencing-token clock in `token.rs`, persistence in `datatype.rs`.
 
+// A panic inside a module takes the whole server down: no path a client reaches may unwrap,
+// index unchecked or overflow.
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
+#![cfg_attr(
+    test,
+    allow(clippy::unwrap_used, clippy::panic, clippy::arithmetic_side_effects)
+)]
+
 mod commands;
 mod datatype;
 mod errors;
@@ -12,7 +26,7 @@ mod lock;
 mod token;
 
 use rand::RngCore;
-use redis_module::{redis_module, AclCategory, Context, RedisString, Status};
+use redis_module::{AclCategory, Context, RedisString, Status, redis_module};
 
 /// `MODULE LIST` shows this as the module's version: major * 10000 + minor * 100 + patch.
 const MODULE_VERSION: i32 = 100;

@@ -286,18 +286,12 @@ mod tests {
         assert!(lock.acquire(b"a", NOW, NOW + 1_000, &clock).is_ok());
         assert_eq!(
             lock.release(b"a", NOW),
-            Some(HoldState {
-                count: 1,
-                ..first
-            })
+            Some(HoldState { count: 1, ..first })
         );
         assert!(!lock.is_empty());
         assert_eq!(
             lock.release(b"a", NOW),
-            Some(HoldState {
-                count: 0,
-                ..first
-            })
+            Some(HoldState { count: 0, ..first })
         );
         assert!(lock.is_empty());
         assert_eq!(lock.release(b"a", NOW), None);
@@ -409,7 +403,10 @@ mod tests {
     #[test]
     fn generated_owners_are_32_lowercase_hex_digits() {
         assert_eq!(&owner_from_bits(0), b"00000000000000000000000000000000");
-        assert_eq!(&owner_from_bits(u128::MAX), b"ffffffffffffffffffffffffffffffff");
+        assert_eq!(
+            &owner_from_bits(u128::MAX),
+            b"ffffffffffffffffffffffffffffffff"
+        );
         assert_eq!(
             &owner_from_bits(0x0123_4567_89ab_cdef_fedc_ba98_7654_3210),
             b"0123456789abcdeffedcba9876543210"

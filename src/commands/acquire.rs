@@ -3,10 +3,10 @@
 use rand::Rng;
 use redis_module::{Context, RedisError, RedisResult, RedisString, RedisValue};
 
-use super::{apply, now_ms, parse_owner, Ttl};
+use super::{Ttl, apply, now_ms, parse_owner};
 use crate::errors::{ERR_HOLDS_OVERFLOW, ERR_SYNTAX, ERR_TOKENS_EXHAUSTED};
 use crate::key::LockKey;
-use crate::lock::{owner_from_bits, AcquireError, Acquired, HoldState};
+use crate::lock::{AcquireError, Acquired, HoldState, owner_from_bits};
 use crate::token::CLOCK;
 
 /// The owner argument that asks the server to generate an owner id.
@@ -62,7 +62,15 @@ pub fn run(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     let acquired = lock.acquire(owner, now, lease_end, &CLOCK);
 
     for ended in &pruned {
-        apply::replicate(ctx, args.key, &ended.owner, HoldState { count: 0, ..ended.state() });
+        apply::replicate(
+            ctx,
+            args.key,
+            &ended.owner,
+            HoldState {
+                count: 0,
+                ..ended.state()
+            },
+        );
     }
     if let Ok(Acquired::Granted(state) | Acquired::Reentered(state)) = acquired {
         apply::replicate(ctx, args.key, owner, state);

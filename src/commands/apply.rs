@@ -9,7 +9,7 @@
 use std::ffi::CStr;
 use std::os::raw::c_char;
 
-use redis_module::{raw, Context, ContextFlags, RedisError, RedisResult, RedisString, RedisValue};
+use redis_module::{Context, ContextFlags, RedisError, RedisResult, RedisString, RedisValue, raw};
 
 use super::parse_i64;
 use crate::errors::{ERR_APPLY_ARGS, ERR_APPLY_INTERNAL};

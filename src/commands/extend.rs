@@ -2,7 +2,7 @@
 
 use redis_module::{Context, RedisError, RedisResult, RedisString, RedisValue};
 
-use super::{apply, now_ms, parse_owner, Ttl};
+use super::{Ttl, apply, now_ms, parse_owner};
 use crate::key::LockKey;
 
 struct ExtendArgs<'a> {

@@ -2,7 +2,7 @@
 
 use std::os::raw::{c_char, c_long};
 
-use redis_module::{raw, Context, RedisError, RedisResult, RedisString, RedisValue};
+use redis_module::{Context, RedisError, RedisResult, RedisString, RedisValue, raw};
 
 use super::now_ms;
 use crate::key::LockKey;

@@ -7,7 +7,7 @@ pub mod extend;
 pub mod info;
 pub mod release;
 
-use redis_module::{raw, RedisError, RedisString};
+use redis_module::{RedisError, RedisString, raw};
 
 use crate::errors::{ERR_OWNER_EMPTY, ERR_OWNER_TOO_LONG, ERR_TTL, ERR_TTL_RANGE};
 use crate::lock::MAX_OWNER_LEN;

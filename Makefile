@@ -1,0 +1,27 @@
+# dlock: `make run` builds the module and starts Redis with it; `make test` runs every test.
+# Both first install what is missing (scripts/deps.sh).
+
+REDIS_SERVER ?= redis-server
+CARGO ?= cargo
+MODULE := target/release/libdlock.so
+
+export REDIS_SERVER
+
+.PHONY: deps build run test lint bench
+
+deps:
+	@sh scripts/deps.sh
+
+build: deps
+	$(CARGO) build --release
+
+# Redis in the foreground on 127.0.0.1:6379 with redis.conf.example, which loads the module.
+run: build
+	$(REDIS_SERVER) redis.conf.example
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --release --all-targets -- -D warnings
+
+test: build lint
+	$(CARGO) test --release

@@ -1,0 +1,37 @@
+#!/bin/sh
+# Install what building and testing dlock needs and this machine lacks:
+# redis-server (with redis-cli and redis-benchmark) and libclang-dev (for the redis-module
+# crate's bindgen). Uses apt-get when run as root; otherwise says what to install.
+set -e
+
+missing=""
+command -v "${REDIS_SERVER:-redis-server}" >/dev/null 2>&1 || missing="$missing redis-server"
+command -v redis-cli >/dev/null 2>&1 || missing="$missing redis-tools"
+if ! ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/*/libclang.so* >/dev/null 2>&1 \
+    && [ -z "${LIBCLANG_PATH:-}" ]; then
+    missing="$missing libclang-dev"
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "dlock needs a Rust toolchain (cargo): see https://rustup.rs" >&2
+    exit 1
+fi
+[ -z "$missing" ] && exit 0
+
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "Installing:$missing"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+    # Debian starts a system redis-server on port 6379 after installing it; `make run`
+    # needs that port, so stop the service we just brought in.
+    case "$missing" in
+        *redis-server*)
+            if command -v systemctl >/dev/null 2>&1; then
+                systemctl disable --now redis-server >/dev/null 2>&1 || true
+            fi
+            ;;
+    esac
+else
+    echo "dlock needs:$missing" >&2
+    echo "Install them with: sudo apt-get install -y$missing" >&2
+    exit 1
+fi

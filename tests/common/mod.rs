@@ -1,0 +1,281 @@
+//! Test harness: a real `redis-server` with the freshly built module, on a free loopback port,
+//! in a temporary directory of its own, killed and removed when the test ends.
+//!
+//! The server binary comes from `REDIS_SERVER` (default `redis-server` on PATH) and the module
+//! from `DLOCK_MODULE` (default `target/release/libdlock.so`, built by `make test`).
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+pub use redis::{Connection, RedisResult, Value, cmd};
+
+static NEXT_DIR: AtomicUsize = AtomicUsize::new(0);
+
+pub fn module_path() -> PathBuf {
+    match std::env::var_os("DLOCK_MODULE") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/libdlock.so"),
+    }
+}
+
+fn server_binary() -> String {
+    std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".to_string())
+}
+
+pub struct Server {
+    pub port: u16,
+    pub dir: PathBuf,
+    config: Vec<(String, String)>,
+    child: Option<Child>,
+}
+
+impl Server {
+    /// A server with the module loaded and no persistence.
+    pub fn start() -> Server {
+        Server::with_config(&[])
+    }
+
+    /// A server with extra `redis.conf` directives, e.g. `[("appendonly", "yes")]`.
+    pub fn with_config(config: &[(&str, &str)]) -> Server {
+        let dir = std::env::temp_dir().join(format!(
+            "dlock-test-{}-{}",
+            std::process::id(),
+            NEXT_DIR.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create the server's directory");
+        let mut server = Server {
+            port: 0,
+            dir,
+            config: config
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            child: None,
+        };
+        server.launch_on_free_port();
+        server
+    }
+
+    fn launch_on_free_port(&mut self) {
+        // Another test may take the port between our probe and the server's bind: retry.
+        for _ in 0..20 {
+            self.port = free_port();
+            if self.launch() {
+                return;
+            }
+        }
+        panic!("redis-server did not start; see {}", self.dir.display());
+    }
+
+    /// Start the server on `self.port` in `self.dir`; false when it exited or never answered.
+    fn launch(&mut self) -> bool {
+        let mut command = Command::new(server_binary());
+        command
+            .current_dir(&self.dir)
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(["--dir", &self.dir.to_string_lossy()])
+            .args(["--logfile", "redis.log"])
+            .args(["--save", ""])
+            .args(["--enable-debug-command", "yes"])
+            .args(["--enable-module-command", "yes"])
+            .args(["--repl-diskless-sync-delay", "0"])
+            .arg("--loadmodule")
+            .arg(module_path());
+        for (name, value) in &self.config {
+            command.arg(format!("--{name}")).arg(value);
+        }
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server (is it installed? run `make deps`)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let exited = self
+                .child
+                .as_mut()
+                .is_some_and(|child| matches!(child.try_wait(), Ok(Some(_))));
+            if exited {
+                self.child = None;
+                return false;
+            }
+            if let Ok(mut c) = self.try_client() {
+                let loading: RedisResult<String> = cmd("PING").query(&mut c);
+                if loading.is_ok() {
+                    return true;
+                }
+            }
+            sleep(Duration::from_millis(10));
+        }
+        self.kill9();
+        false
+    }
+
+    fn try_client(&self) -> RedisResult<Connection> {
+        redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))?.get_connection()
+    }
+
+    pub fn client(&self) -> Connection {
+        self.try_client().expect("connect to the test server")
+    }
+
+    pub fn client_resp3(&self) -> Connection {
+        redis::Client::open(format!("redis://127.0.0.1:{}/?protocol=resp3", self.port))
+            .and_then(|c| c.get_connection())
+            .expect("connect to the test server with RESP3")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child
+            .as_ref()
+            .map(Child::id)
+            .expect("server is running")
+    }
+
+    /// `kill -9` the server: no shutdown save, no AOF flush beyond what fsync already did.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Start again on the same port and directory, loading whatever files are there.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "kill the server before restarting it");
+        assert!(self.launch(), "restart failed; see {}", self.dir.display());
+        let mut c = self.client();
+        wait_until("the dataset to load", || {
+            let info: String = cmd("INFO")
+                .arg("persistence")
+                .query(&mut c)
+                .unwrap_or_default();
+            info.contains("loading:0")
+        });
+    }
+
+    /// Change one directive before the next restart.
+    pub fn set_config(&mut self, name: &str, value: &str) {
+        self.config.retain(|(k, _)| k != name);
+        self.config.push((name.to_string(), value.to_string()));
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("find a free port")
+}
+
+/// Poll `condition` every few milliseconds until it holds, failing the test after 10 s.
+pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        sleep(Duration::from_millis(5));
+    }
+}
+
+/// `DLOCK.ACQUIRE key owner ttl`, as the reply value.
+pub fn acquire(c: &mut Connection, key: &str, owner: &str, ttl: i64) -> Value {
+    cmd("DLOCK.ACQUIRE")
+        .arg(key)
+        .arg(owner)
+        .arg(ttl)
+        .query(c)
+        .expect("DLOCK.ACQUIRE")
+}
+
+/// `DLOCK.ACQUIRE` that must grant: returns the token.
+pub fn grant(c: &mut Connection, key: &str, owner: &str, ttl: i64) -> i64 {
+    match acquire(c, key, owner, ttl) {
+        Value::Int(token) => token,
+        other => panic!("expected a token for {key}/{owner}, got {other:?}"),
+    }
+}
+
+pub fn release(c: &mut Connection, key: &str, owner: &str) -> i64 {
+    cmd("DLOCK.RELEASE")
+        .arg(key)
+        .arg(owner)
+        .query(c)
+        .expect("DLOCK.RELEASE")
+}
+
+pub fn extend(c: &mut Connection, key: &str, owner: &str, ttl: i64) -> i64 {
+    cmd("DLOCK.EXTEND")
+        .arg(key)
+        .arg(owner)
+        .arg(ttl)
+        .query(c)
+        .expect("DLOCK.EXTEND")
+}
+
+/// `DLOCK.INFO` as (owner, token, ttl, holds), or None for a free lock.
+pub fn info(c: &mut Connection, key: &str) -> Option<(String, i64, i64, i64)> {
+    let reply: Value = cmd("DLOCK.INFO").arg(key).query(c).expect("DLOCK.INFO");
+    match reply {
+        Value::Nil => None,
+        Value::Array(fields) => {
+            let strings: Vec<String> = fields
+                .iter()
+                .map(|v| redis::from_redis_value::<String>(v).expect("field"))
+                .collect();
+            match &strings[..] {
+                [o, owner, t, token, l, ttl, h, holds]
+                    if o == "owner" && t == "token" && l == "ttl" && h == "holds" =>
+                {
+                    Some((
+                        owner.clone(),
+                        token.parse().expect("token"),
+                        ttl.parse().expect("ttl"),
+                        holds.parse().expect("holds"),
+                    ))
+                }
+                _ => panic!("unexpected DLOCK.INFO reply {strings:?}"),
+            }
+        }
+        other => panic!("unexpected DLOCK.INFO reply {other:?}"),
+    }
+}
+
+/// The error text of a command that must fail.
+pub fn error_of(result: RedisResult<Value>) -> String {
+    match result {
+        Err(e) => {
+            let code = e.code().unwrap_or("");
+            let detail = e.detail().unwrap_or("");
+            format!("{code} {detail}").trim().to_string()
+        }
+        Ok(v) => panic!("expected an error, got {v:?}"),
+    }
+}

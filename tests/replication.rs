@@ -1,0 +1,169 @@
+//! Replicas reach the master's exact state, and a promoted replica never reissues a token.
+
+mod common;
+
+use common::*;
+
+fn replicate_from(replica: &Server, master: &Server) {
+    let mut r = replica.client();
+    let _: () = cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(master.port)
+        .query(&mut r)
+        .unwrap();
+    wait_until("the replica to sync", || {
+        let info: String = cmd("INFO").arg("replication").query(&mut r).unwrap();
+        info.contains("master_link_status:up")
+    });
+}
+
+/// Wait until the replica has processed everything the master sent so far.
+fn wait_for_replica(master: &mut Connection) {
+    let acked: i64 = cmd("WAIT").arg(1).arg(5_000).query(master).unwrap();
+    assert_eq!(acked, 1);
+}
+
+fn digest(c: &mut Connection) -> String {
+    cmd("DEBUG").arg("DIGEST").query(c).unwrap()
+}
+
+#[test]
+fn a_replica_mirrors_every_operation() {
+    let master = Server::start();
+    let replica = Server::start();
+    let mut m = master.client();
+    // Locks that exist before the replica connects reach it through the full sync (RDB).
+    let synced = grant(&mut m, "synced", "w0", 120_000);
+    replicate_from(&replica, &master);
+    let mut r = replica.client();
+
+    grant(&mut m, "a", "w1", 120_000);
+    grant(&mut m, "a", "w1", 100_000);
+    grant(&mut m, "b", "w2", 1_000);
+    assert_eq!(extend(&mut m, "b", "w2", 150_000), 1);
+    grant(&mut m, "c", "w3", 120_000);
+    assert_eq!(release(&mut m, "c", "w3"), 1);
+    grant(&mut m, "d", "w4", 120_000);
+    grant(&mut m, "d", "w4", 120_000);
+    assert_eq!(release(&mut m, "d", "w4"), 1);
+    let _: (i64, String) = cmd("DLOCK.ACQUIRE")
+        .arg("e")
+        .arg("*")
+        .arg(120_000)
+        .query(&mut m)
+        .unwrap();
+    grant(&mut m, "short", "w5", 30);
+    grant(&mut m, "deleted", "w6", 120_000);
+    let _: () = cmd("DEL").arg("deleted").query(&mut m).unwrap();
+    grant(&mut m, "old-name", "w7", 120_000);
+    let _: () = cmd("RENAME")
+        .arg("old-name")
+        .arg("new-name")
+        .query(&mut m)
+        .unwrap();
+    let _: Value = redis::pipe()
+        .atomic()
+        .cmd("DLOCK.ACQUIRE")
+        .arg("multi")
+        .arg("w8")
+        .arg(120_000)
+        .cmd("DLOCK.EXTEND")
+        .arg("multi")
+        .arg("w8")
+        .arg(130_000)
+        .query(&mut m)
+        .unwrap();
+    let _: i64 = redis::Script::new("return redis.call('DLOCK.ACQUIRE', KEYS[1], 'w9', 120000)")
+        .key("lua")
+        .invoke(&mut m)
+        .unwrap();
+    // The master expires the short lease and replicates the deletion.
+    wait_until("the short lease to end on the master", || {
+        let exists: i64 = cmd("EXISTS").arg("short").query(&mut m).unwrap();
+        exists == 0
+    });
+    wait_for_replica(&mut m);
+
+    assert_eq!(digest(&mut r), digest(&mut m));
+    for key in [
+        "synced", "a", "b", "c", "d", "e", "short", "deleted", "new-name", "multi", "lua",
+    ] {
+        let on_master = info(&mut m, key).map(|(o, t, _, h)| (o, t, h));
+        let on_replica = info(&mut r, key).map(|(o, t, _, h)| (o, t, h));
+        assert_eq!(on_replica, on_master, "{key}");
+    }
+    assert_eq!(info(&mut r, "synced").map(|i| i.1), Some(synced));
+    let mut keys: Vec<String> = cmd("KEYS").arg("*").query(&mut r).unwrap();
+    keys.sort();
+    assert_eq!(
+        keys,
+        ["a", "b", "d", "e", "lua", "multi", "new-name", "synced"]
+    );
+
+    // A replica refuses writes, including lock commands.
+    let err = error_of(cmd("DLOCK.ACQUIRE").arg("x").arg("w").arg(10).query(&mut r));
+    assert_eq!(err, "READONLY You can't write against a read only replica.");
+
+    // The replica's token clock followed the master's: promoted, it issues higher tokens.
+    let last_on_master = grant(&mut m, "last", "w", 120_000);
+    wait_for_replica(&mut m);
+    let _: () = cmd("REPLICAOF").arg("NO").arg("ONE").query(&mut r).unwrap();
+    assert!(grant(&mut r, "after-promotion", "w", 10_000) > last_on_master);
+}
+
+#[test]
+fn a_promoted_replica_that_missed_grants_never_reissues_their_tokens() {
+    let mut master = Server::start();
+    let replica = Server::start();
+    replicate_from(&replica, &master);
+    let mut m = master.client();
+    grant(&mut m, "seen", "w", 120_000);
+    wait_for_replica(&mut m);
+
+    replica.signal("STOP");
+    // Cut the link too: bytes already in the stopped replica's socket buffer would still
+    // arrive after SIGCONT, and this replica must miss the grants for real.
+    let killed: i64 = cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("replica")
+        .query(&mut m)
+        .unwrap();
+    assert_eq!(killed, 1);
+    let mut missed = 0;
+    for i in 0..200 {
+        missed = grant(&mut m, &format!("missed{i}"), "w", 60_000);
+    }
+    drop(m);
+    master.kill9();
+    replica.signal("CONT");
+
+    let mut r = replica.client();
+    let _: () = cmd("REPLICAOF").arg("NO").arg("ONE").query(&mut r).unwrap();
+    assert!(info(&mut r, "seen").is_some());
+    assert_eq!(info(&mut r, "missed199"), None);
+    let token = grant(&mut r, "after-failover", "w", 10_000);
+    assert!(token > missed, "token {token} reissued after {missed}");
+}
+
+#[test]
+fn apply_from_the_replication_stream_sets_the_exact_state() {
+    let master = Server::start();
+    let replica = Server::start();
+    replicate_from(&replica, &master);
+    let mut m = master.client();
+    let mut r = replica.client();
+    let token = grant(&mut m, "k", "w1", 120_000);
+    wait_for_replica(&mut m);
+    let pttl_master: i64 = cmd("PTTL").arg("k").query(&mut m).unwrap();
+    let pttl_replica: i64 = cmd("PTTL").arg("k").query(&mut r).unwrap();
+    assert!((pttl_master - pttl_replica).abs() < 1_000);
+    assert_eq!(
+        info(&mut r, "k").map(|i| (i.0, i.1, i.3)),
+        Some(("w1".into(), token, 1))
+    );
+    assert_eq!(release(&mut m, "k", "w1"), 1);
+    wait_for_replica(&mut m);
+    let exists: i64 = cmd("EXISTS").arg("k").query(&mut r).unwrap();
+    assert_eq!(exists, 0);
+}
