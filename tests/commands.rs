@@ -7,6 +7,26 @@ use std::collections::HashSet;
 use common::*;
 
 #[test]
+fn module_load_at_run_time_registers_the_commands() {
+    let server = Server::without_module();
+    let mut c = server.client();
+    let err = error_of(cmd("DLOCK.ACQUIRE").arg("k").arg("o").arg(10).query(&mut c));
+    assert!(
+        err.starts_with("ERR unknown command 'DLOCK.ACQUIRE'"),
+        "{err}"
+    );
+    let _: () = cmd("MODULE")
+        .arg("LOAD")
+        .arg(module_path().to_string_lossy().as_ref())
+        .query(&mut c)
+        .unwrap();
+    let modules: Vec<Vec<Value>> = cmd("MODULE").arg("LIST").query(&mut c).unwrap();
+    assert_eq!(modules.len(), 1);
+    assert_eq!(modules[0][1], Value::BulkString(b"dlock".to_vec()));
+    assert!(grant(&mut c, "k", "o", 10_000) > 0);
+}
+
+#[test]
 fn acquire_grants_a_free_lock_with_a_token_and_a_lease() {
     let server = Server::start();
     let mut c = server.client();

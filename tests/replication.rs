@@ -167,3 +167,38 @@ fn apply_from_the_replication_stream_sets_the_exact_state() {
     let exists: i64 = cmd("EXISTS").arg("k").query(&mut r).unwrap();
     assert_eq!(exists, 0);
 }
+
+#[test]
+fn a_replicas_own_aof_records_the_locks_it_received() {
+    let master = Server::start();
+    let mut replica = Server::with_config(&[
+        ("appendonly", "yes"),
+        ("appendfsync", "always"),
+        ("aof-use-rdb-preamble", "no"),
+    ]);
+    replicate_from(&replica, &master);
+    // After a full sync the replica rewrites its AOF; wait until it is writing to it again.
+    let mut r = replica.client();
+    wait_until("the replica's AOF rewrite after the sync", || {
+        let info: String = cmd("INFO").arg("persistence").query(&mut r).unwrap();
+        info.contains("aof_rewrite_in_progress:0")
+            && info.contains("aof_rewrite_scheduled:0")
+            && info.contains("aof_enabled:1")
+            && !info.contains("aof_last_bgrewrite_status:err")
+    });
+    let mut m = master.client();
+    let token = grant(&mut m, "k", "w1", 120_000);
+    grant(&mut m, "k", "w1", 120_000);
+    grant(&mut m, "gone", "w2", 120_000);
+    assert_eq!(release(&mut m, "gone", "w2"), 1);
+    wait_for_replica(&mut m);
+    replica.kill9();
+    // Restarted alone (no replicaof in its config), the replica rebuilds from its own AOF.
+    replica.restart();
+    let mut r = replica.client();
+    assert_eq!(
+        info(&mut r, "k").map(|i| (i.0, i.1, i.3)),
+        Some(("w1".into(), token, 2))
+    );
+    assert_eq!(info(&mut r, "gone"), None);
+}

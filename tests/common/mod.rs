@@ -31,6 +31,7 @@ pub struct Server {
     pub port: u16,
     pub dir: PathBuf,
     config: Vec<(String, String)>,
+    load_module: bool,
     child: Option<Child>,
 }
 
@@ -42,6 +43,15 @@ impl Server {
 
     /// A server with extra `redis.conf` directives, e.g. `[("appendonly", "yes")]`.
     pub fn with_config(config: &[(&str, &str)]) -> Server {
+        Server::new(config, true)
+    }
+
+    /// A server without the module, for `MODULE LOAD`.
+    pub fn without_module() -> Server {
+        Server::new(&[], false)
+    }
+
+    fn new(config: &[(&str, &str)], load_module: bool) -> Server {
         let dir = std::env::temp_dir().join(format!(
             "dlock-test-{}-{}",
             std::process::id(),
@@ -56,6 +66,7 @@ impl Server {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            load_module,
             child: None,
         };
         server.launch_on_free_port();
@@ -85,9 +96,10 @@ impl Server {
             .args(["--save", ""])
             .args(["--enable-debug-command", "yes"])
             .args(["--enable-module-command", "yes"])
-            .args(["--repl-diskless-sync-delay", "0"])
-            .arg("--loadmodule")
-            .arg(module_path());
+            .args(["--repl-diskless-sync-delay", "0"]);
+        if self.load_module {
+            command.arg("--loadmodule").arg(module_path());
+        }
         for (name, value) in &self.config {
             command.arg(format!("--{name}")).arg(value);
         }
