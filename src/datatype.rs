@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicPtr, Ordering};
 use redis_module::raw;
 
 use crate::commands::apply;
+use crate::holds::Owner;
 use crate::lock::{Hold, Lock};
 use crate::token::CLOCK;
 
@@ -82,7 +83,7 @@ fn load_lock(rdb: *mut raw::RedisModuleIO) -> Option<Lock> {
     let count = usize::try_from(raw::load_unsigned(rdb).ok()?).ok()?;
     let mut holds = Vec::with_capacity(count.min(LOAD_RESERVE_LIMIT));
     for _ in 0..count {
-        let owner: Box<[u8]> = raw::load_string_buffer(rdb).ok()?.as_ref().into();
+        let owner = Owner::from(raw::load_string_buffer(rdb).ok()?.as_ref());
         let token = raw::load_signed(rdb).ok()?;
         let count = u32::try_from(raw::load_unsigned(rdb).ok()?).ok()?;
         let lease_end = raw::load_signed(rdb).ok()?;

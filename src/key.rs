@@ -8,7 +8,9 @@ use std::os::raw::c_int;
 use std::ptr;
 
 use redis_module::raw;
-use redis_module::{Context, RedisError, RedisString};
+use redis_module::{Context, RedisError};
+
+use crate::commands::Arg;
 
 use crate::datatype;
 use crate::errors::ERR_KEY_UNWRITABLE;
@@ -21,23 +23,23 @@ pub struct LockKey {
 }
 
 impl LockKey {
-    pub fn open_read(ctx: &Context, name: &RedisString) -> Self {
+    pub fn open_read(ctx: &Context, name: &Arg) -> Self {
         Self::open(ctx, name, raw::REDISMODULE_READ)
     }
 
-    pub fn open_write(ctx: &Context, name: &RedisString) -> Self {
+    pub fn open_write(ctx: &Context, name: &Arg) -> Self {
         Self::open(ctx, name, raw::REDISMODULE_READ | raw::REDISMODULE_WRITE)
     }
 
-    fn open(ctx: &Context, name: &RedisString, mode: u32) -> Self {
+    fn open(ctx: &Context, name: &Arg, mode: u32) -> Self {
         let ctx = ctx.get_raw();
         let key = match unsafe { raw::RedisModule_OpenKey } {
-            Some(open) => unsafe { open(ctx, name.inner, mode as c_int) }.cast(),
+            Some(open) => unsafe { open(ctx, name.raw(), mode as c_int) }.cast(),
             None => ptr::null_mut(),
         };
         LockKey {
             ctx,
-            name: name.inner,
+            name: name.raw(),
             key,
         }
     }

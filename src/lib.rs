@@ -21,18 +21,147 @@
 mod commands;
 mod datatype;
 mod errors;
+mod holds;
 mod key;
 mod lock;
 mod token;
 
+use std::ffi::CStr;
+use std::os::raw::c_int;
+
 use rand::RngCore;
-use redis_module::{AclCategory, Context, RedisString, Status, redis_module};
+use redis_module::{Context, RedisString, Status, raw, redis_module};
+
+use commands::Arg;
 
 /// `MODULE LIST` shows this as the module's version: major * 10000 + minor * 100 + patch.
 const MODULE_VERSION: i32 = 100;
 
+/// The ACL category every dlock command joins where the server supports module categories
+/// (Redis 7.4+).
+const ACL_CATEGORY: &CStr = c"dlock";
+
+/// Turns a command body into the C entry point Redis calls: arguments are borrowed straight
+/// from `argv` and the body's result becomes the reply.
+macro_rules! entry {
+    ($body:path) => {{
+        extern "C" fn entry(
+            ctx: *mut raw::RedisModuleCtx,
+            argv: *mut *mut raw::RedisModuleString,
+            argc: c_int,
+        ) -> c_int {
+            let context = Context::new(ctx);
+            let args = unsafe { Arg::slice(argv, argc) };
+            context.reply($body(&context, args)) as c_int
+        }
+        entry
+    }};
+}
+
+type Entry =
+    extern "C" fn(*mut raw::RedisModuleCtx, *mut *mut raw::RedisModuleString, c_int) -> c_int;
+
+struct Command {
+    name: &'static CStr,
+    entry: Entry,
+    flags: &'static CStr,
+    /// ACL categories on Redis 7.2+ (7.0 has no API to set them for module commands).
+    acl: &'static CStr,
+}
+
+/// Every command, its flags and categories. Each takes one key, its first argument.
+const COMMANDS: [Command; 5] = [
+    Command {
+        name: c"dlock.acquire",
+        entry: entry!(commands::acquire::run),
+        flags: c"write deny-oom fast",
+        acl: c"write fast",
+    },
+    Command {
+        name: c"dlock.release",
+        entry: entry!(commands::release::run),
+        flags: c"write fast",
+        acl: c"write fast",
+    },
+    Command {
+        name: c"dlock.extend",
+        entry: entry!(commands::extend::run),
+        flags: c"write fast",
+        acl: c"write fast",
+    },
+    Command {
+        name: c"dlock.info",
+        entry: entry!(commands::info::run),
+        flags: c"readonly fast",
+        acl: c"read fast",
+    },
+    Command {
+        name: c"dlock.apply",
+        entry: entry!(commands::apply::run),
+        flags: c"write fast",
+        acl: c"write fast",
+    },
+];
+
+fn register_commands(ctx: &Context) -> Result<(), String> {
+    let raw_ctx = ctx.get_raw();
+    let create = unsafe { raw::RedisModule_CreateCommand }.ok_or("no CreateCommand API")?;
+    let with_category = match unsafe { raw::RedisModule_AddACLCategory } {
+        Some(add) => {
+            (unsafe { add(raw_ctx, ACL_CATEGORY.as_ptr()) }) == raw::REDISMODULE_OK as c_int
+        }
+        None => false,
+    };
+    for command in &COMMANDS {
+        let name = command.name.to_string_lossy();
+        let created = unsafe {
+            create(
+                raw_ctx,
+                command.name.as_ptr(),
+                Some(command.entry),
+                command.flags.as_ptr(),
+                1,
+                1,
+                1,
+            )
+        };
+        if created != raw::REDISMODULE_OK as c_int {
+            return Err(format!("cannot create command {name}"));
+        }
+        let api = unsafe {
+            (
+                raw::RedisModule_GetCommand,
+                raw::RedisModule_SetCommandACLCategories,
+            )
+        };
+        if let (Some(get), Some(set)) = api {
+            let categories = if with_category {
+                format!(
+                    "{} {}",
+                    command.acl.to_string_lossy(),
+                    ACL_CATEGORY.to_string_lossy()
+                )
+            } else {
+                command.acl.to_string_lossy().into_owned()
+            };
+            let categories = std::ffi::CString::new(categories).map_err(|e| e.to_string())?;
+            let handle = unsafe { get(raw_ctx, command.name.as_ptr()) };
+            if handle.is_null()
+                || (unsafe { set(handle, categories.as_ptr()) }) != raw::REDISMODULE_OK as c_int
+            {
+                return Err(format!("cannot set the ACL categories of {name}"));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn init(ctx: &Context, _args: &[RedisString]) -> Status {
     if let Err(reason) = datatype::register(ctx.get_raw()) {
+        ctx.log_warning(&format!("dlock: cannot load: {reason}"));
+        return Status::Err;
+    }
+    if let Err(reason) = register_commands(ctx) {
         ctx.log_warning(&format!("dlock: cannot load: {reason}"));
         return Status::Err;
     }
@@ -65,13 +194,5 @@ redis_module! {
     version: MODULE_VERSION,
     allocator: (Allocator, ALLOCATOR),
     data_types: [],
-    acl_categories: ["dlock",],
     init: init,
-    commands: [
-        ["dlock.acquire", commands::acquire::run, "write deny-oom fast", 1, 1, 1, "", "dlock"],
-        ["dlock.release", commands::release::run, "write fast", 1, 1, 1, "", "dlock"],
-        ["dlock.extend", commands::extend::run, "write fast", 1, 1, 1, "", "dlock"],
-        ["dlock.info", commands::info::run, "readonly fast", 1, 1, 1, "", "dlock"],
-        ["dlock.apply", commands::apply::run, "write fast", 1, 1, 1, "", "dlock"],
-    ],
 }

@@ -8,6 +8,7 @@
 //! Redis layer can replicate exactly that effect: nothing that depends on time or randomness is
 //! decided again on a replica or during AOF replay.
 
+use crate::holds::{Holds, Owner};
 use crate::token::TokenClock;
 
 /// Owners are opaque bytes up to this length.
@@ -16,7 +17,7 @@ pub const MAX_OWNER_LEN: usize = 256;
 /// One holder's claim on a lock.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Hold {
-    pub owner: Box<[u8]>,
+    pub owner: Owner,
     pub token: i64,
     /// Re-entries: the owner must release this many times before the hold ends.
     pub count: u32,
@@ -66,7 +67,7 @@ pub enum AcquireError {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Lock {
-    holds: Vec<Hold>,
+    holds: Holds,
 }
 
 impl Lock {
@@ -75,38 +76,38 @@ impl Lock {
     }
 
     pub fn from_holds(holds: Vec<Hold>) -> Self {
-        Lock { holds }
+        let mut lock = Lock::new();
+        for hold in holds {
+            lock.holds.push(hold);
+        }
+        lock
     }
 
     pub fn is_empty(&self) -> bool {
-        self.holds.is_empty()
+        self.holds.as_slice().is_empty()
     }
 
     pub fn holds(&self) -> &[Hold] {
-        &self.holds
+        self.holds.as_slice()
     }
 
     /// The first live hold (the holder of an exclusive lock).
     pub fn holder(&self, now: i64) -> Option<&Hold> {
-        self.holds.iter().find(|h| h.is_live(now))
+        self.holds().iter().find(|h| h.is_live(now))
     }
 
     /// When the key must expire: the latest lease end of any hold.
     pub fn expires_at(&self) -> Option<i64> {
-        self.holds.iter().map(|h| h.lease_end).max()
+        self.holds().iter().map(|h| h.lease_end).max()
     }
 
     /// Remove the holds whose lease has ended and return them, so the caller can replicate
     /// their removal. Call before `acquire`.
     pub fn prune(&mut self, now: i64) -> Vec<Hold> {
-        if self.holds.iter().all(|h| h.is_live(now)) {
+        if self.holds().iter().all(|h| h.is_live(now)) {
             return Vec::new();
         }
-        let (live, ended) = std::mem::take(&mut self.holds)
-            .into_iter()
-            .partition(|h| h.is_live(now));
-        self.holds = live;
-        ended
+        self.holds.split_off(|h| h.is_live(now))
     }
 
     /// Take the lock for `owner` until `lease_end`, drawing a new token from `clock` when the
@@ -120,6 +121,7 @@ impl Lock {
     ) -> Result<Acquired, AcquireError> {
         if let Some(hold) = self
             .holds
+            .as_mut_slice()
             .iter_mut()
             .find(|h| h.is_live(now) && *h.owner == *owner)
         {
@@ -149,10 +151,10 @@ impl Lock {
     /// hold's new state, with `count == 0` when it ended (and was removed).
     pub fn release(&mut self, owner: &[u8], now: i64) -> Option<HoldState> {
         let index = self
-            .holds
+            .holds()
             .iter()
             .position(|h| h.is_live(now) && *h.owner == *owner)?;
-        let hold = self.holds.get_mut(index)?;
+        let hold = self.holds.as_mut_slice().get_mut(index)?;
         hold.count = hold.count.saturating_sub(1);
         let state = hold.state();
         if state.count == 0 {
@@ -165,6 +167,7 @@ impl Lock {
     pub fn extend(&mut self, owner: &[u8], now: i64, lease_end: i64) -> Option<HoldState> {
         let hold = self
             .holds
+            .as_mut_slice()
             .iter_mut()
             .find(|h| h.is_live(now) && *h.owner == *owner)?;
         hold.lease_end = lease_end;
@@ -174,14 +177,14 @@ impl Lock {
     /// Set `owner`'s hold to a state decided elsewhere (a master or the AOF); `count == 0`
     /// removes it.
     pub fn apply(&mut self, owner: &[u8], state: HoldState) {
-        let index = self.holds.iter().position(|h| *h.owner == *owner);
+        let index = self.holds().iter().position(|h| *h.owner == *owner);
         match (index, state.count) {
             (Some(i), 0) => {
                 self.holds.swap_remove(i);
             }
             (None, 0) => {}
             (Some(i), _) => {
-                if let Some(hold) = self.holds.get_mut(i) {
+                if let Some(hold) = self.holds.as_mut_slice().get_mut(i) {
                     hold.token = state.token;
                     hold.count = state.count;
                     hold.lease_end = state.lease_end;
@@ -198,10 +201,7 @@ impl Lock {
 
     /// Bytes this lock owns on the heap, for `MEMORY USAGE`.
     pub fn heap_size(&self) -> usize {
-        let holds = self.holds.capacity().saturating_mul(size_of::<Hold>());
-        self.holds
-            .iter()
-            .fold(holds, |sum, h| sum.saturating_add(h.owner.len()))
+        self.holds.heap_size()
     }
 }
 

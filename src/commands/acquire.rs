@@ -1,9 +1,10 @@
 //! `DLOCK.ACQUIRE key owner ttl_ms`
 
 use rand::Rng;
-use redis_module::{Context, RedisError, RedisResult, RedisString, RedisValue};
+use redis_module::{Context, RedisError, RedisResult, RedisValue};
 
-use super::{Ttl, apply, now_ms, parse_owner};
+use super::apply::{self, OwnerRef};
+use super::{Arg, Ttl, now_ms, parse_owner};
 use crate::errors::{ERR_HOLDS_OVERFLOW, ERR_SYNTAX, ERR_TOKENS_EXHAUSTED};
 use crate::key::LockKey;
 use crate::lock::{AcquireError, Acquired, HoldState, owner_from_bits};
@@ -12,25 +13,23 @@ use crate::token::CLOCK;
 /// The owner argument that asks the server to generate an owner id.
 const GENERATE_OWNER: &[u8] = b"*";
 
-#[derive(Debug, PartialEq, Eq)]
 enum Owner<'a> {
-    Named(&'a [u8]),
+    Named(&'a Arg),
     Generated,
 }
 
-#[derive(Debug)]
 struct AcquireArgs<'a> {
-    key: &'a RedisString,
+    key: &'a Arg,
     owner: Owner<'a>,
     ttl: Ttl,
 }
 
 impl<'a> AcquireArgs<'a> {
-    fn parse(args: &'a [RedisString], now: i64) -> Result<Self, RedisError> {
+    fn parse(args: &'a [Arg], now: i64) -> Result<Self, RedisError> {
         let [_, key, owner, ttl, options @ ..] = args else {
             return Err(RedisError::WrongArity);
         };
-        let owner = if owner.as_slice() == GENERATE_OWNER {
+        let owner = if owner.as_bytes() == GENERATE_OWNER {
             Owner::Generated
         } else {
             Owner::Named(parse_owner(owner)?)
@@ -43,15 +42,15 @@ impl<'a> AcquireArgs<'a> {
     }
 }
 
-pub fn run(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+pub fn run(ctx: &Context, args: &[Arg]) -> RedisResult {
     let now = now_ms();
-    let args = AcquireArgs::parse(&args, now)?;
+    let args = AcquireArgs::parse(args, now)?;
     let generated;
-    let owner = match args.owner {
-        Owner::Named(owner) => owner,
+    let (owner, owner_ref) = match args.owner {
+        Owner::Named(owner) => (owner.as_bytes(), OwnerRef::Arg(owner)),
         Owner::Generated => {
             generated = owner_from_bits(rand::thread_rng().r#gen());
-            &generated[..]
+            (&generated[..], OwnerRef::Bytes(&generated))
         }
     };
     let lease_end = args.ttl.lease_end(now);
@@ -65,7 +64,7 @@ pub fn run(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         apply::replicate(
             ctx,
             args.key,
-            &ended.owner,
+            OwnerRef::Bytes(&ended.owner),
             HoldState {
                 count: 0,
                 ..ended.state()
@@ -73,7 +72,7 @@ pub fn run(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         );
     }
     if let Ok(Acquired::Granted(state) | Acquired::Reentered(state)) = acquired {
-        apply::replicate(ctx, args.key, owner, state);
+        apply::replicate(ctx, args.key, owner_ref, state);
     }
     if acquired != Ok(Acquired::Busy) || !pruned.is_empty() {
         key.commit();

@@ -1,18 +1,19 @@
 //! `DLOCK.EXTEND key owner ttl_ms`
 
-use redis_module::{Context, RedisError, RedisResult, RedisString, RedisValue};
+use redis_module::{Context, RedisError, RedisResult, RedisValue};
 
-use super::{Ttl, apply, now_ms, parse_owner};
+use super::apply::{self, OwnerRef};
+use super::{Arg, Ttl, now_ms, parse_owner};
 use crate::key::LockKey;
 
 struct ExtendArgs<'a> {
-    key: &'a RedisString,
-    owner: &'a [u8],
+    key: &'a Arg,
+    owner: &'a Arg,
     ttl: Ttl,
 }
 
 impl<'a> ExtendArgs<'a> {
-    fn parse(args: &'a [RedisString], now: i64) -> Result<Self, RedisError> {
+    fn parse(args: &'a [Arg], now: i64) -> Result<Self, RedisError> {
         let [_, key, owner, ttl] = args else {
             return Err(RedisError::WrongArity);
         };
@@ -24,17 +25,17 @@ impl<'a> ExtendArgs<'a> {
     }
 }
 
-pub fn run(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+pub fn run(ctx: &Context, args: &[Arg]) -> RedisResult {
     let now = now_ms();
-    let args = ExtendArgs::parse(&args, now)?;
+    let args = ExtendArgs::parse(args, now)?;
     let mut key = LockKey::open_write(ctx, args.key);
     let Some(lock) = key.lock()? else {
         return Ok(RedisValue::Integer(0));
     };
-    let Some(state) = lock.extend(args.owner, now, args.ttl.lease_end(now)) else {
+    let Some(state) = lock.extend(args.owner.as_bytes(), now, args.ttl.lease_end(now)) else {
         return Ok(RedisValue::Integer(0));
     };
-    apply::replicate(ctx, args.key, args.owner, state);
+    apply::replicate(ctx, args.key, OwnerRef::Arg(args.owner), state);
     key.commit();
     Ok(RedisValue::Integer(1))
 }

@@ -2,13 +2,13 @@
 
 use std::os::raw::{c_char, c_long};
 
-use redis_module::{Context, RedisError, RedisResult, RedisString, RedisValue, raw};
+use redis_module::{Context, RedisError, RedisResult, RedisValue, raw};
 
-use super::now_ms;
+use super::{Arg, now_ms};
 use crate::key::LockKey;
 
-pub fn run(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    let [_, name] = &args[..] else {
+pub fn run(ctx: &Context, args: &[Arg]) -> RedisResult {
+    let [_, name] = args else {
         return Err(RedisError::WrongArity);
     };
     let now = now_ms();

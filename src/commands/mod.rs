@@ -7,10 +7,55 @@ pub mod extend;
 pub mod info;
 pub mod release;
 
-use redis_module::{RedisError, RedisString, raw};
+use std::os::raw::{c_char, c_int};
+use std::slice;
+
+use redis_module::{RedisError, raw};
 
 use crate::errors::{ERR_OWNER_EMPTY, ERR_OWNER_TOO_LONG, ERR_TTL, ERR_TTL_RANGE};
 use crate::lock::MAX_OWNER_LEN;
+
+/// A command argument as Redis passed it: borrowed for the duration of the call, never
+/// retained or freed (cheaper than the crate's owned `RedisString` on the hot path).
+#[repr(transparent)]
+pub struct Arg(*mut raw::RedisModuleString);
+
+impl Arg {
+    /// View a command's `argv` as arguments.
+    ///
+    /// # Safety
+    /// `argv` must point to `argc` valid strings that outlive the returned slice, as Redis
+    /// guarantees for the duration of a command call.
+    pub unsafe fn slice<'a>(argv: *mut *mut raw::RedisModuleString, argc: c_int) -> &'a [Arg] {
+        match usize::try_from(argc) {
+            Ok(len) if !argv.is_null() => unsafe { slice::from_raw_parts(argv.cast::<Arg>(), len) },
+            _ => &[],
+        }
+    }
+
+    pub fn raw(&self) -> *mut raw::RedisModuleString {
+        self.0
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        let Some(ptr_len) = (unsafe { raw::RedisModule_StringPtrLen }) else {
+            return &[];
+        };
+        let mut len = 0;
+        let ptr: *const c_char = unsafe { ptr_len(self.0, &mut len) };
+        if ptr.is_null() {
+            return &[];
+        }
+        unsafe { slice::from_raw_parts(ptr.cast::<u8>(), len) }
+    }
+
+    /// A decimal integer as Redis itself reads one (`RedisModule_StringToLongLong`).
+    pub fn parse_i64(&self) -> Option<i64> {
+        let to_ll = unsafe { raw::RedisModule_StringToLongLong }?;
+        let mut value = 0;
+        (unsafe { to_ll(self.0, &mut value) } == raw::REDISMODULE_OK as c_int).then_some(value)
+    }
+}
 
 /// The server's clock in Unix milliseconds, the one its key expiry uses.
 pub fn now_ms() -> i64 {
@@ -25,8 +70,8 @@ pub fn now_ms() -> i64 {
 pub struct Ttl(i64);
 
 impl Ttl {
-    pub fn parse(arg: &RedisString, now: i64) -> Result<Ttl, RedisError> {
-        let ttl = parse_i64(arg).ok_or(RedisError::Str(ERR_TTL))?;
+    pub fn parse(arg: &Arg, now: i64) -> Result<Ttl, RedisError> {
+        let ttl = arg.parse_i64().ok_or(RedisError::Str(ERR_TTL))?;
         if ttl <= 0 {
             return Err(RedisError::Str(ERR_TTL));
         }
@@ -40,19 +85,11 @@ impl Ttl {
     }
 }
 
-/// An owner id as the client sent it: non-empty, at most `MAX_OWNER_LEN` bytes.
-pub fn parse_owner(arg: &RedisString) -> Result<&[u8], RedisError> {
-    let owner = arg.as_slice();
-    if owner.is_empty() {
-        return Err(RedisError::Str(ERR_OWNER_EMPTY));
+/// An owner id as the client sent it, checked: non-empty, at most `MAX_OWNER_LEN` bytes.
+pub fn parse_owner(arg: &Arg) -> Result<&Arg, RedisError> {
+    match arg.as_bytes().len() {
+        0 => Err(RedisError::Str(ERR_OWNER_EMPTY)),
+        len if len > MAX_OWNER_LEN => Err(RedisError::Str(ERR_OWNER_TOO_LONG)),
+        _ => Ok(arg),
     }
-    if owner.len() > MAX_OWNER_LEN {
-        return Err(RedisError::Str(ERR_OWNER_TOO_LONG));
-    }
-    Ok(owner)
-}
-
-/// A decimal integer as Redis itself reads one (`RedisModule_StringToLongLong`).
-pub fn parse_i64(arg: &RedisString) -> Option<i64> {
-    arg.parse_integer().ok()
 }

@@ -1,17 +1,18 @@
 //! `DLOCK.RELEASE key owner`
 
-use redis_module::{Context, RedisError, RedisResult, RedisString, RedisValue};
+use redis_module::{Context, RedisError, RedisResult, RedisValue};
 
-use super::{apply, now_ms, parse_owner};
+use super::apply::{self, OwnerRef};
+use super::{Arg, now_ms, parse_owner};
 use crate::key::LockKey;
 
 struct ReleaseArgs<'a> {
-    key: &'a RedisString,
-    owner: &'a [u8],
+    key: &'a Arg,
+    owner: &'a Arg,
 }
 
 impl<'a> ReleaseArgs<'a> {
-    fn parse(args: &'a [RedisString]) -> Result<Self, RedisError> {
+    fn parse(args: &'a [Arg]) -> Result<Self, RedisError> {
         let [_, key, owner] = args else {
             return Err(RedisError::WrongArity);
         };
@@ -22,17 +23,17 @@ impl<'a> ReleaseArgs<'a> {
     }
 }
 
-pub fn run(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    let args = ReleaseArgs::parse(&args)?;
+pub fn run(ctx: &Context, args: &[Arg]) -> RedisResult {
+    let args = ReleaseArgs::parse(args)?;
     let now = now_ms();
     let mut key = LockKey::open_write(ctx, args.key);
     let Some(lock) = key.lock()? else {
         return Ok(RedisValue::Integer(0));
     };
-    let Some(state) = lock.release(args.owner, now) else {
+    let Some(state) = lock.release(args.owner.as_bytes(), now) else {
         return Ok(RedisValue::Integer(0));
     };
-    apply::replicate(ctx, args.key, args.owner, state);
+    apply::replicate(ctx, args.key, OwnerRef::Arg(args.owner), state);
     key.commit();
     Ok(RedisValue::Integer(1))
 }
