@@ -20,9 +20,11 @@ use crate::token::CLOCK;
 pub const COMMAND: &CStr = c"DLOCK.APPLY";
 /// key (RedisModuleString), owner (buffer and length), token, count, lease end (long longs).
 pub const FORMAT: &CStr = c"sblll";
-/// The same with the owner as the client's own argument string, which Redis shares instead
-/// of copying.
-const FORMAT_OWNER_ARG: &CStr = c"sslll";
+/// What masters send: the key and owner as the client's own argument strings (shared, not
+/// copied) or the owner as bytes, then the numbers as decimal buffers, which Redis turns into
+/// one small object each where `l` would build an sds and an object.
+const FORMAT_OWNER_ARG: &CStr = c"ssbbb";
+const FORMAT_OWNER_BYTES: &CStr = c"sbbbb";
 
 /// An owner as the client sent it, or as bytes the server holds.
 #[derive(Clone, Copy)]
@@ -37,7 +39,16 @@ pub fn replicate(ctx: &Context, key: &Arg, owner: OwnerRef, state: HoldState) {
         return;
     };
     let (ctx, command, key) = (ctx.get_raw(), COMMAND.as_ptr(), key.raw());
-    let count = i64::from(state.count);
+    let (mut token, mut count, mut lease_end) = (Decimal::new(), Decimal::new(), Decimal::new());
+    let token = token.format(state.token);
+    let count = count.format(i64::from(state.count));
+    let lease_end = lease_end.format(state.lease_end);
+    let numbers = [token, count, lease_end].map(|n| (n.as_ptr().cast::<c_char>(), n.len()));
+    let [
+        (token, token_len),
+        (count, count_len),
+        (lease_end, lease_end_len),
+    ] = numbers;
     unsafe {
         match owner {
             OwnerRef::Arg(owner) => replicate(
@@ -46,23 +57,61 @@ pub fn replicate(ctx: &Context, key: &Arg, owner: OwnerRef, state: HoldState) {
                 FORMAT_OWNER_ARG.as_ptr(),
                 key,
                 owner.raw(),
-                state.token,
+                token,
+                token_len,
                 count,
-                state.lease_end,
+                count_len,
+                lease_end,
+                lease_end_len,
             ),
             OwnerRef::Bytes(owner) => replicate(
                 ctx,
                 command,
-                FORMAT.as_ptr(),
+                FORMAT_OWNER_BYTES.as_ptr(),
                 key,
                 owner.as_ptr().cast::<c_char>(),
                 owner.len(),
-                state.token,
+                token,
+                token_len,
                 count,
-                state.lease_end,
+                count_len,
+                lease_end,
+                lease_end_len,
             ),
         }
     };
+}
+
+/// A stack buffer holding an i64 in decimal.
+struct Decimal([u8; 20]);
+
+impl Decimal {
+    fn new() -> Self {
+        Decimal([0; 20])
+    }
+
+    fn format(&mut self, value: i64) -> &[u8] {
+        let negative = value < 0;
+        let mut magnitude = value.unsigned_abs();
+        let mut start = self.0.len();
+        loop {
+            start = start.saturating_sub(1);
+            if let Some(digit) = self.0.get_mut(start) {
+                *digit = b'0' + (magnitude % 10) as u8;
+            }
+            magnitude /= 10;
+            if magnitude == 0 {
+                break;
+            }
+        }
+        if negative {
+            start = start.saturating_sub(1);
+            if let Some(sign) = self.0.get_mut(start) {
+                *sign = b'-';
+            }
+        }
+        self.0.get(start..).unwrap_or(&[])
+    }
 }
 
 struct ApplyArgs<'a> {
@@ -113,4 +162,27 @@ pub fn run(ctx: &Context, args: &[Arg]) -> RedisResult {
     // A replica's own AOF and its sub-replicas need the same effect.
     ctx.replicate_verbatim();
     Ok(RedisValue::SimpleStringStatic("OK"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Decimal;
+
+    #[test]
+    fn decimals_match_the_standard_formatting() {
+        for value in [
+            0,
+            1,
+            -1,
+            9,
+            10,
+            4096,
+            -4096,
+            i64::MAX,
+            i64::MIN,
+            245_554_323_034_112,
+        ] {
+            assert_eq!(Decimal::new().format(value), value.to_string().as_bytes());
+        }
+    }
 }
