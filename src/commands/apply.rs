@@ -96,8 +96,11 @@ impl Decimal {
         let mut start = self.0.len();
         loop {
             start = start.saturating_sub(1);
-            if let Some(digit) = self.0.get_mut(start) {
-                *digit = b'0' + (magnitude % 10) as u8;
+            if let (Some(digit), Some(value)) = (
+                self.0.get_mut(start),
+                b"0123456789".get((magnitude % 10) as usize),
+            ) {
+                *digit = *value;
             }
             magnitude /= 10;
             if magnitude == 0 {
