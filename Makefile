@@ -25,3 +25,8 @@ lint:
 
 test: build lint
 	$(CARGO) test --release
+	$(CARGO) bench --bench dlock -- --smoke
+
+# dlock against SET NX PX and the Lua recipes on one server, as ratios (a few minutes).
+bench: build
+	$(CARGO) bench --bench dlock
