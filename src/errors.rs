@@ -12,3 +12,7 @@ pub const ERR_APPLY_INTERNAL: &str =
 pub const ERR_APPLY_ARGS: &str = "ERR DLOCK.APPLY arguments are out of range";
 pub const ERR_HOLDS_OVERFLOW: &str = "ERR too many re-entries: the hold count would overflow";
 pub const ERR_KEY_UNWRITABLE: &str = "ERR the key could not be opened for writing";
+pub const ERR_WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";
+pub const ERR_TIMEOUT: &str = "ERR timeout must be a non-negative integer in milliseconds";
+pub const ERR_TIMEOUT_RANGE: &str = "ERR timeout is too large: the deadline would overflow";
+pub const ERR_BLOCK: &str = "ERR the server refused to block the client";

@@ -18,6 +18,7 @@
     allow(clippy::unwrap_used, clippy::panic, clippy::arithmetic_side_effects)
 )]
 
+mod blocking;
 mod commands;
 mod datatype;
 mod errors;
@@ -162,6 +163,10 @@ fn init(ctx: &Context, _args: &[RedisString]) -> Status {
         return Status::Err;
     }
     if let Err(reason) = register_commands(ctx) {
+        ctx.log_warning(&format!("dlock: cannot load: {reason}"));
+        return Status::Err;
+    }
+    if let Err(reason) = blocking::subscribe(ctx.get_raw()) {
         ctx.log_warning(&format!("dlock: cannot load: {reason}"));
         return Status::Err;
     }

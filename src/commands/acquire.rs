@@ -1,11 +1,14 @@
-//! `DLOCK.ACQUIRE key owner ttl_ms`
+//! `DLOCK.ACQUIRE key owner ttl_ms [WAIT timeout_ms]`
 
 use rand::Rng;
-use redis_module::{Context, RedisError, RedisResult, RedisValue};
+use redis_module::{Context, ContextFlags, RedisError, RedisResult, RedisValue};
 
 use super::apply::{self, OwnerRef};
 use super::{Arg, Ttl, now_ms, parse_owner};
-use crate::errors::{ERR_HOLDS_OVERFLOW, ERR_SYNTAX, ERR_TOKENS_EXHAUSTED};
+use crate::blocking::{self, Request};
+use crate::errors::{
+    ERR_HOLDS_OVERFLOW, ERR_SYNTAX, ERR_TIMEOUT, ERR_TIMEOUT_RANGE, ERR_TOKENS_EXHAUSTED,
+};
 use crate::key::LockKey;
 use crate::lock::{AcquireError, Acquired, HoldState, owner_from_bits};
 use crate::token::CLOCK;
@@ -22,6 +25,8 @@ struct AcquireArgs<'a> {
     key: &'a Arg,
     owner: Owner<'a>,
     ttl: Ttl,
+    /// `WAIT timeout_ms`: block until granted; 0 waits forever.
+    wait: Option<i64>,
 }
 
 impl<'a> AcquireArgs<'a> {
@@ -35,11 +40,34 @@ impl<'a> AcquireArgs<'a> {
             Owner::Named(parse_owner(owner)?)
         };
         let ttl = Ttl::parse(ttl, now)?;
-        if !options.is_empty() {
-            return Err(RedisError::Str(ERR_SYNTAX));
+        let mut wait = None;
+        let mut rest = options;
+        while let [option, tail @ ..] = rest {
+            match (option.as_bytes().to_ascii_uppercase().as_slice(), tail) {
+                (b"WAIT", [timeout, tail @ ..]) if wait.is_none() => {
+                    wait = Some(parse_timeout(timeout, now)?);
+                    rest = tail;
+                }
+                _ => return Err(RedisError::Str(ERR_SYNTAX)),
+            }
         }
-        Ok(AcquireArgs { key, owner, ttl })
+        Ok(AcquireArgs {
+            key,
+            owner,
+            ttl,
+            wait,
+        })
     }
+}
+
+fn parse_timeout(arg: &Arg, now: i64) -> Result<i64, RedisError> {
+    let timeout = arg
+        .parse_i64()
+        .filter(|t| *t >= 0)
+        .ok_or(RedisError::Str(ERR_TIMEOUT))?;
+    now.checked_add(timeout)
+        .ok_or(RedisError::Str(ERR_TIMEOUT_RANGE))?;
+    Ok(timeout)
 }
 
 pub fn run(ctx: &Context, args: &[Arg]) -> RedisResult {
@@ -54,39 +82,69 @@ pub fn run(ctx: &Context, args: &[Arg]) -> RedisResult {
         }
     };
     let lease_end = args.ttl.lease_end(now);
+    let db = blocking::selected_db(ctx.get_raw());
+    let queued = blocking::waiting(db, args.key.as_bytes()) > 0;
 
     let mut key = LockKey::open_write(ctx, args.key);
     let lock = key.lock_or_insert()?;
     let pruned = lock.prune(now);
-    let acquired = lock.acquire(owner, now, lease_end, &CLOCK);
+    // Clients already waiting come first: only the holder itself may go past them (re-entry).
+    let acquired = if queued && lock.holder(now).is_none_or(|h| *h.owner != *owner) {
+        Ok(Acquired::Busy)
+    } else {
+        lock.acquire(owner, now, lease_end, &CLOCK)
+    };
+    let holder_lease_end = lock.holder(now).map(|h| h.lease_end);
+    let changed = acquired != Ok(Acquired::Busy) || !pruned.is_empty() || lock.is_empty();
 
     for ended in &pruned {
-        apply::replicate(
-            ctx,
-            args.key,
-            OwnerRef::Bytes(&ended.owner),
-            HoldState {
-                count: 0,
-                ..ended.state()
-            },
-        );
+        let removed = HoldState {
+            count: 0,
+            ..ended.state()
+        };
+        apply::replicate(ctx, args.key, OwnerRef::Bytes(&ended.owner), removed);
     }
     if let Ok(Acquired::Granted(state) | Acquired::Reentered(state)) = acquired {
         apply::replicate(ctx, args.key, owner_ref, state);
     }
-    if acquired != Ok(Acquired::Busy) || !pruned.is_empty() {
+    if changed {
         key.commit();
     }
+    drop(key);
 
     match acquired {
-        Ok(Acquired::Granted(state) | Acquired::Reentered(state)) => Ok(match args.owner {
-            Owner::Named(_) => RedisValue::Integer(state.token),
-            Owner::Generated => RedisValue::Array(vec![
-                RedisValue::Integer(state.token),
-                RedisValue::StringBuffer(owner.to_vec()),
-            ]),
-        }),
-        Ok(Acquired::Busy) => Ok(RedisValue::Null),
+        Ok(Acquired::Granted(state) | Acquired::Reentered(state)) => {
+            if queued {
+                blocking::lease_changed(ctx.get_raw(), db, args.key.as_bytes(), state.lease_end);
+            }
+            Ok(match args.owner {
+                Owner::Named(_) => RedisValue::Integer(state.token),
+                Owner::Generated => RedisValue::Array(vec![
+                    RedisValue::Integer(state.token),
+                    RedisValue::StringBuffer(owner.to_vec()),
+                ]),
+            })
+        }
+        Ok(Acquired::Busy) => {
+            // Waiters but no holder: the lock was freed by an event whose hand-over is still
+            // scheduled; make sure it runs.
+            if queued && holder_lease_end.is_none() {
+                blocking::schedule(ctx.get_raw(), db, args.key.as_bytes());
+            }
+            let can_block = !ctx.get_flags().contains(ContextFlags::DENY_BLOCKING);
+            match args.wait {
+                Some(timeout_ms) if can_block => {
+                    let request = Request {
+                        owner,
+                        generated: matches!(args.owner, Owner::Generated),
+                        ttl: args.ttl,
+                        timeout_ms,
+                    };
+                    blocking::block(ctx, args.key, request, holder_lease_end.unwrap_or(now))
+                }
+                _ => Ok(RedisValue::Null),
+            }
+        }
         Err(AcquireError::TokensExhausted) => Err(RedisError::Str(ERR_TOKENS_EXHAUSTED)),
         Err(AcquireError::TooManyHolds) => Err(RedisError::Str(ERR_HOLDS_OVERFLOW)),
     }

@@ -4,6 +4,7 @@ use redis_module::{Context, RedisError, RedisResult, RedisValue};
 
 use super::apply::{self, OwnerRef};
 use super::{Arg, Ttl, now_ms, parse_owner};
+use crate::blocking;
 use crate::key::LockKey;
 
 struct ExtendArgs<'a> {
@@ -37,5 +38,8 @@ pub fn run(ctx: &Context, args: &[Arg]) -> RedisResult {
     };
     apply::replicate(ctx, args.key, OwnerRef::Arg(args.owner), state);
     key.commit();
+    drop(key);
+    let db = blocking::selected_db(ctx.get_raw());
+    blocking::lease_changed(ctx.get_raw(), db, args.key.as_bytes(), state.lease_end);
     Ok(RedisValue::Integer(1))
 }

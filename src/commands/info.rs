@@ -5,6 +5,7 @@ use std::os::raw::{c_char, c_long};
 use redis_module::{Context, RedisError, RedisResult, RedisValue, raw};
 
 use super::{Arg, now_ms};
+use crate::blocking;
 use crate::key::LockKey;
 
 pub fn run(ctx: &Context, args: &[Arg]) -> RedisResult {
@@ -18,11 +19,16 @@ pub fn run(ctx: &Context, args: &[Arg]) -> RedisResult {
     };
     // A map in RESP3, a flat field-value array in RESP2, in a fixed field order.
     let ctx = ctx.get_raw();
-    let fields: [(&str, Field); 4] = [
+    let waiters = blocking::waiting(blocking::selected_db(ctx), name.as_bytes());
+    let fields: [(&str, Field); 5] = [
         ("owner", Field::Bytes(&hold.owner)),
         ("token", Field::Int(hold.token)),
         ("ttl", Field::Int(hold.lease_end.saturating_sub(now))),
         ("holds", Field::Int(i64::from(hold.count))),
+        (
+            "waiters",
+            Field::Int(i64::try_from(waiters).unwrap_or(i64::MAX)),
+        ),
     ];
     unsafe {
         let (Some(map), Some(bulk), Some(int)) = (

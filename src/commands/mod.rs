@@ -33,6 +33,12 @@ impl Arg {
         }
     }
 
+    /// An argument for a string Redis handed over some other way (a key in a callback, a
+    /// string the module created); the caller keeps that string alive while this is used.
+    pub fn from_raw(string: *mut raw::RedisModuleString) -> Arg {
+        Arg(string)
+    }
+
     pub fn raw(&self) -> *mut raw::RedisModuleString {
         self.0
     }

@@ -4,6 +4,7 @@ use redis_module::{Context, RedisError, RedisResult, RedisValue};
 
 use super::apply::{self, OwnerRef};
 use super::{Arg, now_ms, parse_owner};
+use crate::blocking;
 use crate::key::LockKey;
 
 struct ReleaseArgs<'a> {
@@ -35,5 +36,11 @@ pub fn run(ctx: &Context, args: &[Arg]) -> RedisResult {
     };
     apply::replicate(ctx, args.key, OwnerRef::Arg(args.owner), state);
     key.commit();
+    drop(key);
+    let db = blocking::selected_db(ctx.get_raw());
+    if state.count == 0 && blocking::waiting(db, args.key.as_bytes()) > 0 {
+        // Hand over in this same command: nobody can take the lock in between.
+        blocking::serve(ctx, db, args.key.as_bytes());
+    }
     Ok(RedisValue::Integer(1))
 }
