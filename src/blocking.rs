@@ -432,10 +432,8 @@ unsafe extern "C" fn on_disconnect(
     client: *mut raw::RedisModuleBlockedClient,
 ) {
     let waiter = with_registry(|r| r.clients.get(&(client as usize)).and_then(Weak::upgrade));
-    if let Some(waiter) = waiter {
-        if waiter.state.get() == State::Waiting {
-            waiter.state.set(State::Gone);
-        }
+    if let Some(waiter) = waiter.filter(|w| w.state.get() == State::Waiting) {
+        waiter.state.set(State::Gone);
     }
 }
 

@@ -254,6 +254,32 @@ pub fn extend(c: &mut Connection, key: &str, owner: &str, ttl: i64) -> i64 {
 
 /// `DLOCK.INFO` as (owner, token, ttl, holds), or None for a free lock.
 pub fn info(c: &mut Connection, key: &str) -> Option<(String, i64, i64, i64)> {
+    let fields = info_fields(c, key)?;
+    let int = |name: &str| -> i64 {
+        fields
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or_else(|| panic!("DLOCK.INFO {key} has no integer {name}: {fields:?}"))
+    };
+    let owner = fields
+        .iter()
+        .find(|(n, _)| n == "owner")
+        .map(|(_, v)| v.clone())
+        .expect("owner");
+    Some((owner, int("token"), int("ttl"), int("holds")))
+}
+
+/// The number of clients waiting for `key` (as `DLOCK.INFO` reports it; 0 when free).
+pub fn waiters(c: &mut Connection, key: &str) -> i64 {
+    info_fields(c, key)
+        .and_then(|f| f.into_iter().find(|(n, _)| n == "waiters"))
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `DLOCK.INFO` as (field, value) pairs in reply order, or None for a free lock.
+pub fn info_fields(c: &mut Connection, key: &str) -> Option<Vec<(String, String)>> {
     let reply: Value = cmd("DLOCK.INFO").arg(key).query(c).expect("DLOCK.INFO");
     match reply {
         Value::Nil => None,
@@ -262,19 +288,14 @@ pub fn info(c: &mut Connection, key: &str) -> Option<(String, i64, i64, i64)> {
                 .iter()
                 .map(|v| redis::from_redis_value::<String>(v).expect("field"))
                 .collect();
-            match &strings[..] {
-                [o, owner, t, token, l, ttl, h, holds]
-                    if o == "owner" && t == "token" && l == "ttl" && h == "holds" =>
-                {
-                    Some((
-                        owner.clone(),
-                        token.parse().expect("token"),
-                        ttl.parse().expect("ttl"),
-                        holds.parse().expect("holds"),
-                    ))
-                }
-                _ => panic!("unexpected DLOCK.INFO reply {strings:?}"),
-            }
+            let names = ["owner", "token", "ttl", "holds", "waiters"];
+            let pairs: Vec<(String, String)> = strings
+                .chunks(2)
+                .map(|p| (p[0].clone(), p.get(1).cloned().unwrap_or_default()))
+                .collect();
+            let got: Vec<&str> = pairs.iter().map(|(n, _)| n.as_str()).collect();
+            assert_eq!(got, names, "DLOCK.INFO fields");
+            Some(pairs)
         }
         other => panic!("unexpected DLOCK.INFO reply {other:?}"),
     }
