@@ -487,3 +487,57 @@ fn grants_on_wake_up_replicate_exactly() {
     let digest = |c: &mut Connection| -> String { cmd("DEBUG").arg("DIGEST").query(c).unwrap() };
     assert_eq!(digest(&mut r), digest(&mut m));
 }
+
+#[test]
+fn waiters_that_come_and_go_leave_no_memory_behind() {
+    let server = Server::with_config(&[("hz", "100")]);
+    let mut c = server.client();
+    grant(&mut c, "k", "holder", 600_000);
+    // used_memory once the server has freed what closed clients left (cron work).
+    let settled = |c: &mut Connection| -> i64 {
+        let used = |c: &mut Connection| -> i64 {
+            let info: String = cmd("INFO").arg("memory").query(c).unwrap();
+            info.lines()
+                .find_map(|l| l.strip_prefix("used_memory:"))
+                .and_then(|v| v.trim().parse().ok())
+                .expect("used_memory")
+        };
+        let mut last = used(c);
+        let mut stable = 0;
+        while stable < 5 {
+            thread::sleep(Duration::from_millis(50));
+            let now = used(c);
+            stable = if now == last { stable + 1 } else { 0 };
+            last = now;
+        }
+        last
+    };
+    let mut baseline = 0;
+    for round in 0..8 {
+        let conns: Vec<Connection> = (0..100)
+            .map(|i| {
+                let mut w = server.client();
+                let blocking = cmd("DLOCK.ACQUIRE")
+                    .arg("k")
+                    .arg(format!("owner-{round}-{i}"))
+                    .arg(60_000)
+                    .arg("WAIT")
+                    .arg(if i % 2 == 0 { 0 } else { 60_000 })
+                    .get_packed_command();
+                w.send_packed_command(&blocking).unwrap();
+                w
+            })
+            .collect();
+        wait_for_waiters(&mut c, "k", 100);
+        drop(conns);
+        wait_for_waiters(&mut c, "k", 0);
+        if round == 1 {
+            baseline = settled(&mut c);
+        }
+    }
+    // 600 waiters came and went since the baseline: a leak of even one small allocation each
+    // would show.
+    let growth = settled(&mut c) - baseline;
+    assert!(growth < 8 * 1024, "used_memory grew by {growth} bytes");
+    assert_eq!(info(&mut c, "k").map(|i| i.0), Some("holder".into()));
+}
