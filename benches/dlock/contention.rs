@@ -1,0 +1,282 @@
+//! Contended hand-over on one key: every contender loops acquire → hold 1 ms → release →
+//! think 1 ms. dlock waits in the server (`WAIT 0`); the baselines take the lock with
+//! `SET NX PX`, retrying every 50 ms (redsync's default), every 1 ms, or without pause, and
+//! release with the EVALSHA compare-and-delete.
+//!
+//! Times are taken in this one process (one monotonic clock for every thread): a grant when
+//! its reply arrives, a release just before it is sent, so "release → next grant" is the whole
+//! latency a waiting client sees.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::common::{Connection, Server, Value, cmd};
+use super::report::{Figure, Target};
+use super::{Sizes, flushall};
+
+const KEY: &str = "contended";
+const HOLD: Duration = Duration::from_millis(1);
+const THINK: Duration = Duration::from_millis(1);
+const LEASE_MS: i64 = 10_000;
+const RELEASE_SCRIPT: &str =
+    "if redis.call('get',KEYS[1])==ARGV[1] then return redis.call('del',KEYS[1]) else return 0 end";
+
+#[derive(Clone, Copy)]
+enum Strategy {
+    Dlock,
+    /// SET NX PX, sleeping this long between tries (zero: no pause).
+    Poll(Duration),
+}
+
+impl Strategy {
+    fn label(self) -> String {
+        match self {
+            Strategy::Dlock => "dlock WAIT".into(),
+            Strategy::Poll(d) if d.is_zero() => "SET NX busy retry".into(),
+            Strategy::Poll(d) => format!("SET NX retry {} ms", d.as_millis()),
+        }
+    }
+}
+
+struct Grant {
+    client: usize,
+    requested: Instant,
+    granted: Instant,
+    released: Instant,
+}
+
+struct Metrics {
+    utilization: f64,
+    grants_per_s: f64,
+    handoff_p50_ms: f64,
+    handoff_p99_ms: f64,
+    handoff_max_ms: f64,
+    longest_wait_vs_ideal: f64,
+    spread: f64,
+}
+
+fn take(c: &mut Connection, strategy: Strategy, owner: &str) {
+    match strategy {
+        Strategy::Dlock => {
+            let reply: Value = cmd("DLOCK.ACQUIRE")
+                .arg(KEY)
+                .arg(owner)
+                .arg(LEASE_MS)
+                .arg("WAIT")
+                .arg(0)
+                .query(c)
+                .expect("acquire");
+            assert!(matches!(reply, Value::Int(_)), "{reply:?}");
+        }
+        Strategy::Poll(pause) => loop {
+            let reply: Value = cmd("SET")
+                .arg(KEY)
+                .arg(owner)
+                .arg("NX")
+                .arg("PX")
+                .arg(LEASE_MS)
+                .query(c)
+                .expect("SET NX");
+            if reply != Value::Nil {
+                return;
+            }
+            if !pause.is_zero() {
+                thread::sleep(pause);
+            }
+        },
+    }
+}
+
+fn give_back(c: &mut Connection, strategy: Strategy, owner: &str) {
+    let released: i64 = match strategy {
+        Strategy::Dlock => cmd("DLOCK.RELEASE").arg(KEY).arg(owner).query(c),
+        Strategy::Poll(_) => cmd("EVAL")
+            .arg(RELEASE_SCRIPT)
+            .arg(1)
+            .arg(KEY)
+            .arg(owner)
+            .query(c),
+    }
+    .expect("release");
+    assert_eq!(released, 1, "released a lock it held");
+}
+
+fn run(server: &Server, strategy: Strategy, contenders: usize, length: Duration) -> Vec<Grant> {
+    let barrier = Arc::new(Barrier::new(contenders));
+    let threads: Vec<_> = (0..contenders)
+        .map(|client| {
+            let mut c = server.client();
+            let barrier = Arc::clone(&barrier);
+            thread::spawn(move || {
+                let owner = format!("contender-{client}");
+                let mut grants = vec![];
+                barrier.wait();
+                let end = Instant::now() + length;
+                while Instant::now() < end {
+                    let requested = Instant::now();
+                    take(&mut c, strategy, &owner);
+                    let granted = Instant::now();
+                    thread::sleep(HOLD);
+                    let released = Instant::now();
+                    give_back(&mut c, strategy, &owner);
+                    grants.push(Grant {
+                        client,
+                        requested,
+                        granted,
+                        released,
+                    });
+                    thread::sleep(THINK);
+                }
+                grants
+            })
+        })
+        .collect();
+    let mut grants: Vec<Grant> = threads
+        .into_iter()
+        .flat_map(|t| t.join().expect("contender"))
+        .collect();
+    grants.sort_by_key(|g| g.granted);
+    grants
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let index = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+fn measure(grants: &[Grant], contenders: usize) -> Metrics {
+    let (Some(first), Some(last)) = (grants.first(), grants.iter().map(|g| g.released).max())
+    else {
+        panic!("no grants at all");
+    };
+    let window = (last - first.granted).as_secs_f64();
+    let held: f64 = grants
+        .iter()
+        .map(|g| (g.released - g.granted).as_secs_f64())
+        .sum();
+    let mut handoffs: Vec<f64> = grants
+        .windows(2)
+        .filter(|w| w[0].client != w[1].client)
+        .map(|w| {
+            w[1].granted
+                .saturating_duration_since(w[0].released)
+                .as_secs_f64()
+                * 1e3
+        })
+        .collect();
+    handoffs.sort_by(f64::total_cmp);
+    let period = window / grants.len() as f64;
+    let ideal_wait = (contenders.saturating_sub(1)) as f64 * period;
+    let longest_wait = grants
+        .iter()
+        .map(|g| (g.granted - g.requested).as_secs_f64())
+        .fold(0.0, f64::max);
+    let mut per_client: HashMap<usize, f64> = (0..contenders).map(|c| (c, 0.0)).collect();
+    for g in grants {
+        *per_client.entry(g.client).or_default() += 1.0;
+    }
+    let mean = grants.len() as f64 / contenders as f64;
+    let spread = per_client
+        .values()
+        .map(|n| (n - mean).abs() / mean)
+        .fold(0.0, f64::max);
+    Metrics {
+        utilization: held / window,
+        grants_per_s: grants.len() as f64 / window,
+        handoff_p50_ms: percentile(&handoffs, 0.5),
+        handoff_p99_ms: percentile(&handoffs, 0.99),
+        handoff_max_ms: handoffs.last().copied().unwrap_or(f64::NAN),
+        longest_wait_vs_ideal: longest_wait / ideal_wait,
+        spread,
+    }
+}
+
+pub fn contention(server: &Server, c: &mut Connection, sizes: &Sizes, figures: &mut Vec<Figure>) {
+    let strategies = [
+        Strategy::Dlock,
+        Strategy::Poll(Duration::from_millis(50)),
+        Strategy::Poll(Duration::from_millis(1)),
+        Strategy::Poll(Duration::ZERO),
+    ];
+    let length = Duration::from_millis(sizes.contention_ms);
+    for &contenders in sizes.contenders {
+        let mut rounds: Vec<Vec<Metrics>> = strategies.iter().map(|_| vec![]).collect();
+        for _ in 0..sizes.rounds {
+            for (strategy, results) in strategies.iter().zip(rounds.iter_mut()) {
+                flushall(c);
+                results.push(measure(
+                    &run(server, *strategy, contenders, length),
+                    contenders,
+                ));
+            }
+        }
+        type Pick = fn(&Metrics) -> f64;
+        let rows: [(&str, &str, Pick, Option<Target>); 7] = [
+            (
+                "lock utilization",
+                "fraction",
+                |m| m.utilization,
+                Some(Target::AtLeast(0.9)),
+            ),
+            ("grants/s", "grants/s", |m| m.grants_per_s, None),
+            (
+                "release to next grant p50 (ms)",
+                "ms",
+                |m| m.handoff_p50_ms,
+                Some(Target::AtMost(0.2)),
+            ),
+            (
+                "release to next grant p99 (ms)",
+                "ms",
+                |m| m.handoff_p99_ms,
+                Some(Target::AtMost(1.0)),
+            ),
+            (
+                "release to next grant max (ms)",
+                "ms",
+                |m| m.handoff_max_ms,
+                None,
+            ),
+            (
+                "longest wait / ideal queue time",
+                "ratio",
+                |m| m.longest_wait_vs_ideal,
+                Some(Target::AtMost(1.2)),
+            ),
+            (
+                "grants per contender, worst deviation from mean",
+                "fraction",
+                |m| m.spread,
+                Some(Target::AtMost(0.05)),
+            ),
+        ];
+        for (name, unit, pick, target) in rows {
+            let medians: Vec<f64> = rounds
+                .iter()
+                .map(|runs| super::report::median(runs.iter().map(pick).collect()))
+                .collect();
+            let others = strategies
+                .iter()
+                .zip(&medians)
+                .skip(2)
+                .map(|(s, v)| (s.label(), *v))
+                .collect();
+            figures.push(Figure {
+                name: format!(
+                    "{contenders} contenders: {name}, vs {}",
+                    strategies[1].label()
+                ),
+                unit,
+                dlock: medians[0],
+                baseline: Some(medians[1]),
+                target,
+                others,
+            });
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! dlock against its baselines, in the same run on the same server, as ratios.
+//!
+//! `make bench` (or `cargo bench --bench dlock`) starts its own redis-server with the module
+//! and measures, in interleaved rounds with medians:
+//! - throughput with `redis-benchmark` (50 connections, random keys), unpipelined and
+//!   pipelined: DLOCK.ACQUIRE vs SET NX PX, DLOCK.RELEASE vs the EVALSHA compare-and-delete,
+//!   DLOCK.EXTEND vs the EVALSHA compare-and-pexpire, GET as the floor; plus the server's
+//!   CPU time per operation, which is steadier than throughput on a shared machine;
+//! - memory per held lock at 1M locks vs SET NX PX string locks of the same key and owner
+//!   sizes, and what is left after all are released;
+//! - contended hand-over on one key (16 and 64 contenders holding 1 ms, thinking 1 ms):
+//!   utilization, grants/s, release-to-next-grant latency, fairness, against SET NX PX
+//!   pollers retrying every 50 ms (redsync's default), every 1 ms, and without pause;
+//! - expiry hand-over: how long after a lease ends its waiter gets the lock, with and
+//!   without a million unrelated keys carrying TTLs, against a 50 ms poller;
+//! - scaling: acquire/release throughput with 1k, 100k and 1M locks held, and hand-over
+//!   cost with 1, 100 and 10k waiters queued.
+//!
+//! It prints a table and writes the same figures to `target/bench/latest.json`.
+//! `-- --smoke` runs everything on tiny sizes in seconds (CI uses it to keep this working).
+
+#[path = "../../tests/common/mod.rs"]
+mod common;
+mod contention;
+mod expiry;
+mod memory;
+mod report;
+mod scaling;
+mod throughput;
+
+use common::{Connection, Server, cmd};
+
+/// A fixed 32-byte owner, the size of a generated one.
+pub const OWNER: &str = "0123456789abcdef0123456789abcdef";
+pub const TTL_MS: i64 = 600_000;
+
+pub struct Sizes {
+    pub rounds: usize,
+    /// Random keys for the throughput runs.
+    pub keyspace: u64,
+    pub requests_pipelined: u64,
+    pub requests_unpipelined: u64,
+    pub memory_locks: u64,
+    /// How long each contended run lasts, and with how many contenders.
+    pub contention_ms: u64,
+    pub contenders: &'static [usize],
+    /// Unrelated keys with TTLs around the expiry hand-over, and rounds of it.
+    pub expiry_filler: u64,
+    pub expiry_rounds: usize,
+    /// Held locks around the scaling runs, and waiters queued behind a hand-over.
+    pub held: &'static [u64],
+    pub queued: &'static [usize],
+    pub handovers: usize,
+}
+
+const FULL: Sizes = Sizes {
+    rounds: 3,
+    keyspace: 1_000_000,
+    requests_pipelined: 1_000_000,
+    requests_unpipelined: 200_000,
+    memory_locks: 1_000_000,
+    contention_ms: 3_000,
+    contenders: &[16, 64],
+    expiry_filler: 1_000_000,
+    expiry_rounds: 5,
+    held: &[1_000, 100_000, 1_000_000],
+    queued: &[1, 100, 10_000],
+    handovers: 2_000,
+};
+
+const SMOKE: Sizes = Sizes {
+    rounds: 1,
+    keyspace: 2_000,
+    requests_pipelined: 4_000,
+    requests_unpipelined: 1_000,
+    memory_locks: 5_000,
+    contention_ms: 200,
+    contenders: &[4],
+    expiry_filler: 1_000,
+    expiry_rounds: 1,
+    held: &[100, 1_000],
+    queued: &[1, 10],
+    handovers: 50,
+};
+
+/// Hold `count` locks `lock:000000000000` … the way each side takes them, in script chunks.
+pub fn populate(c: &mut Connection, dlock: bool, prefix: &str, width: usize, count: u64) {
+    let take = if dlock {
+        "redis.call('DLOCK.ACQUIRE', k, ARGV[3], ARGV[4])"
+    } else {
+        "redis.call('SET', k, ARGV[3], 'NX', 'PX', ARGV[4])"
+    };
+    let script = format!(
+        "for i = tonumber(ARGV[1]), tonumber(ARGV[2]) do \
+           local k = ARGV[5] .. string.format('%0{width}d', i) {take} end"
+    );
+    let step = 100_000;
+    let mut from = 0;
+    while from < count {
+        let to = (from + step).min(count) - 1;
+        let _: () = cmd("EVAL")
+            .arg(&script)
+            .arg(0)
+            .arg(from)
+            .arg(to)
+            .arg(OWNER)
+            .arg(TTL_MS)
+            .arg(prefix)
+            .query(c)
+            .expect("populate");
+        from = to + 1;
+    }
+}
+
+pub fn flushall(c: &mut Connection) {
+    let _: () = cmd("FLUSHALL").arg("SYNC").query(c).expect("FLUSHALL");
+}
+
+fn main() {
+    let smoke = std::env::args().any(|a| a == "--smoke");
+    let sizes = if smoke { &SMOKE } else { &FULL };
+    let server = Server::with_config(&[
+        ("appendonly", "no"),
+        ("lua-time-limit", "60000"),
+        ("maxclients", "15000"),
+    ]);
+    let mut c = server.client();
+    let version: String = cmd("INFO").arg("server").query(&mut c).expect("INFO");
+    let version = version
+        .lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))
+        .unwrap_or("?")
+        .trim()
+        .to_string();
+
+    let mut figures = vec![];
+    throughput::throughput(&server, &mut c, sizes, &mut figures);
+    memory::memory(&mut c, sizes, &mut figures);
+    contention::contention(&server, &mut c, sizes, &mut figures);
+    expiry::expiry(&server, &mut c, sizes, &mut figures);
+    scaling::scaling(&server, &mut c, sizes, &mut figures);
+
+    let machine = format!("{}, Redis {version}", report::machine());
+    let table = report::print_table(&figures);
+    println!(
+        "dlock benchmark ({}) on {machine}\n\n{table}",
+        if smoke { "smoke" } else { "full" }
+    );
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+    let _ = std::fs::create_dir_all(&dir);
+    let file = dir.join(if smoke { "smoke.json" } else { "latest.json" });
+    std::fs::write(&file, report::to_json(&figures, &machine)).expect("write the JSON results");
+    println!("written to {}", file.display());
+}

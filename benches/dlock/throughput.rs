@@ -1,0 +1,172 @@
+//! Throughput against SET NX PX and the EVALSHA recipes, with redis-benchmark as the driver.
+
+use std::process::Command;
+
+use super::common::{Connection, Server, cmd};
+use super::report::{Figure, Target, median};
+use super::{OWNER, Sizes, TTL_MS, flushall, populate};
+
+const RELEASE_SCRIPT: &str =
+    "if redis.call('get',KEYS[1])==ARGV[1] then return redis.call('del',KEYS[1]) else return 0 end";
+const EXTEND_SCRIPT: &str = "if redis.call('get',KEYS[1])==ARGV[1] then \
+     return redis.call('pexpire',KEYS[1],ARGV[2]) else return 0 end";
+
+/// The server's user + system CPU time so far, in clock ticks (10 ms).
+fn server_cpu_ticks(server: &Server) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", server.pid())).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let rest = stat.rsplit(')').next().unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    tick(11) + tick(12)
+}
+
+/// One redis-benchmark run: (requests per second, server CPU microseconds per request).
+pub fn redis_benchmark(
+    server: &Server,
+    keyspace: u64,
+    pipeline: u32,
+    requests: u64,
+    words: &[&str],
+) -> (f64, f64) {
+    let binary = std::env::var("REDIS_BENCHMARK").unwrap_or_else(|_| "redis-benchmark".into());
+    let before = server_cpu_ticks(server);
+    let output = Command::new(binary)
+        .args(["-h", "127.0.0.1", "-p", &server.port.to_string()])
+        .args(["-c", "50", "-n", &requests.to_string()])
+        .args(["-r", &keyspace.to_string()])
+        .args(["-P", &pipeline.to_string(), "--csv"])
+        .args(words)
+        .output()
+        .expect("run redis-benchmark (is redis-tools installed? run `make deps`)");
+    let cpu_us = (server_cpu_ticks(server) - before) * 10_000.0 / requests as f64;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let rps = stdout
+        .lines()
+        .last()
+        .and_then(|line| line.split(',').nth(1))
+        .and_then(|field| field.trim_matches('"').parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no result from redis-benchmark {words:?}: {stdout}"));
+    (rps, cpu_us)
+}
+
+struct Pair {
+    name: &'static str,
+    baseline: &'static str,
+    /// Whether each side needs the keyspace full of held locks first.
+    prefill: bool,
+    dlock: Vec<String>,
+    base: Vec<String>,
+}
+
+pub fn throughput(server: &Server, c: &mut Connection, sizes: &Sizes, figures: &mut Vec<Figure>) {
+    let release_sha: String = cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(RELEASE_SCRIPT)
+        .query(c)
+        .expect("load");
+    let extend_sha: String = cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(EXTEND_SCRIPT)
+        .query(c)
+        .expect("load");
+    let key = "lock:__rand_int__";
+    let words = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let ttl = TTL_MS.to_string();
+    let pairs = [
+        Pair {
+            name: "ACQUIRE",
+            baseline: "SET NX PX",
+            prefill: false,
+            dlock: words(&["DLOCK.ACQUIRE", key, OWNER, &ttl]),
+            base: words(&["SET", key, OWNER, "NX", "PX", &ttl]),
+        },
+        Pair {
+            name: "RELEASE",
+            baseline: "EVALSHA compare-and-delete",
+            prefill: true,
+            dlock: words(&["DLOCK.RELEASE", key, OWNER]),
+            base: words(&["EVALSHA", &release_sha, "1", key, OWNER]),
+        },
+        Pair {
+            name: "EXTEND",
+            baseline: "EVALSHA compare-and-pexpire",
+            prefill: true,
+            dlock: words(&["DLOCK.EXTEND", key, OWNER, &ttl]),
+            base: words(&["EVALSHA", &extend_sha, "1", key, OWNER, &ttl]),
+        },
+    ];
+    for (pipeline, requests, label) in [
+        (1, sizes.requests_unpipelined, "unpipelined"),
+        (32, sizes.requests_pipelined, "pipelined x32"),
+    ] {
+        let mut runs: Vec<[Vec<(f64, f64)>; 2]> = pairs.iter().map(|_| [vec![], vec![]]).collect();
+        let mut floor = vec![];
+        for _ in 0..sizes.rounds {
+            for (pair, results) in pairs.iter().zip(runs.iter_mut()) {
+                for (side, (command, dlock)) in [(&pair.dlock, true), (&pair.base, false)]
+                    .into_iter()
+                    .enumerate()
+                {
+                    flushall(c);
+                    if pair.prefill {
+                        populate(c, dlock, "lock:", 12, sizes.keyspace);
+                    }
+                    let args: Vec<&str> = command.iter().map(String::as_str).collect();
+                    results[side].push(redis_benchmark(
+                        server,
+                        sizes.keyspace,
+                        pipeline,
+                        requests,
+                        &args,
+                    ));
+                }
+            }
+            flushall(c);
+            populate(c, false, "lock:", 12, sizes.keyspace);
+            floor
+                .push(redis_benchmark(server, sizes.keyspace, pipeline, requests, &["GET", key]).0);
+        }
+        for (pair, [dlock, base]) in pairs.iter().zip(runs) {
+            let rps = |r: &Vec<(f64, f64)>| median(r.iter().map(|x| x.0).collect());
+            let cpu = |r: &Vec<(f64, f64)>| median(r.iter().map(|x| x.1).collect());
+            let target = match (pipeline, pair.name) {
+                (1, _) => None,
+                (_, "ACQUIRE") => Some(Target::RatioAtLeast(0.9)),
+                _ => Some(Target::RatioAtLeast(1.5)),
+            };
+            figures.push(Figure {
+                name: format!("{} vs {}, {label} (ops/s)", pair.name, pair.baseline),
+                unit: "ops/s",
+                dlock: rps(&dlock),
+                baseline: Some(rps(&base)),
+                target,
+                others: vec![],
+            });
+            figures.push(Figure {
+                name: format!(
+                    "{} vs {}, {label} (server CPU us/op)",
+                    pair.name, pair.baseline
+                ),
+                unit: "us/op",
+                dlock: cpu(&dlock),
+                baseline: Some(cpu(&base)),
+                target: None,
+                others: vec![],
+            });
+        }
+        figures.push(Figure {
+            name: format!("GET (the floor), {label} (ops/s)"),
+            unit: "ops/s",
+            dlock: median(floor),
+            baseline: None,
+            target: None,
+            others: vec![],
+        });
+    }
+}
