@@ -61,12 +61,16 @@ struct Waiter {
     ttl: Ttl,
     client: Cell<*mut raw::RedisModuleBlockedClient>,
     state: Cell<State>,
+    /// Still in its key's queue (waiters that left are dropped from the queue lazily).
+    queued: Cell<bool>,
     deadline_timer: Cell<Option<raw::RedisModuleTimerID>>,
 }
 
 #[derive(Default)]
 struct Queue {
     waiters: VecDeque<Rc<Waiter>>,
+    /// How many of `waiters` are still waiting.
+    waiting: usize,
     /// The timer armed at the holder's lease end, and when it fires.
     lease_timer: Option<(raw::RedisModuleTimerID, i64)>,
 }
@@ -94,12 +98,10 @@ pub fn waiting(db: c_int, key: &[u8]) -> usize {
         if r.queues.is_empty() {
             return 0;
         }
-        r.queues.get(&db).and_then(|q| q.get(key)).map_or(0, |q| {
-            q.waiters
-                .iter()
-                .filter(|w| w.state.get() == State::Waiting)
-                .count()
-        })
+        r.queues
+            .get(&db)
+            .and_then(|q| q.get(key))
+            .map_or(0, |q| q.waiting)
     })
 }
 
@@ -123,6 +125,7 @@ pub fn block(ctx: &Context, key: &Arg, request: Request, busy_until: i64) -> Red
         ttl: request.ttl,
         client: Cell::new(ptr::null_mut()),
         state: Cell::new(State::Waiting),
+        queued: Cell::new(true),
         deadline_timer: Cell::new(None),
     });
     let Some(block_on_keys) = (unsafe { raw::RedisModule_BlockClientOnKeys }) else {
@@ -159,13 +162,14 @@ pub fn block(ctx: &Context, key: &Arg, request: Request, busy_until: i64) -> Red
     }
     with_registry(|r| {
         r.clients.insert(client as usize, Rc::downgrade(&waiter));
-        r.queues
+        let queue = r
+            .queues
             .entry(db)
             .or_default()
             .entry(waiter.key.clone())
-            .or_default()
-            .waiters
-            .push_back(Rc::clone(&waiter));
+            .or_default();
+        queue.waiters.push_back(Rc::clone(&waiter));
+        queue.waiting = queue.waiting.saturating_add(1);
     });
     arm_lease_timer(raw_ctx, db, &waiter.key, busy_until);
     Ok(RedisValue::NoReply)
@@ -204,7 +208,8 @@ fn arm_lease_timer(ctx: *mut raw::RedisModuleCtx, db: c_int, key: &[u8], at: i64
 }
 
 /// Hand `key` to its waiters, first come first served, for as long as the next one can have
-/// it; then arm the timer for the holder's lease end.
+/// it; then arm the timer for the holder's lease end. A lock left with no hold (released for
+/// a hand-over that found nobody left waiting) is deleted.
 pub fn serve(ctx: &Context, db: c_int, name: &[u8]) {
     let raw_ctx = ctx.get_raw();
     if let Some(select) = unsafe { raw::RedisModule_SelectDb } {
@@ -218,6 +223,10 @@ pub fn serve(ctx: &Context, db: c_int, name: &[u8]) {
             Err(lease_timer) => {
                 if let Some(id) = lease_timer {
                     stop_timer::<(c_int, Box<[u8]>)>(raw_ctx, id);
+                }
+                let mut key = LockKey::open_write(ctx, &key_arg);
+                if matches!(key.lock(), Ok(Some(lock)) if lock.is_empty()) {
+                    key.commit();
                 }
                 return;
             }
@@ -235,6 +244,7 @@ pub fn serve(ctx: &Context, db: c_int, name: &[u8]) {
         let pruned = lock.prune(now);
         let acquired = lock.acquire(&head.owner, now, head.ttl.lease_end(now), &CLOCK);
         let busy_until = lock.holder(now).map(|h| h.lease_end);
+        let empty = lock.is_empty();
         for ended in &pruned {
             let removed = HoldState {
                 count: 0,
@@ -251,7 +261,9 @@ pub fn serve(ctx: &Context, db: c_int, name: &[u8]) {
             Err(AcquireError::TokensExhausted) => Some(State::Refused(ERR_TOKENS_EXHAUSTED)),
             Err(AcquireError::TooManyHolds) => Some(State::Refused(ERR_HOLDS_OVERFLOW)),
         };
-        key.commit();
+        if outcome.is_some() || !pruned.is_empty() || empty {
+            key.commit();
+        }
         drop(key);
         match outcome {
             Some(state) => finish(&head, state),
@@ -279,6 +291,7 @@ fn front_waiter(db: c_int, key: &[u8]) -> Result<Rc<Waiter>, Option<raw::RedisMo
             if head.state.get() == State::Waiting {
                 return Ok(Rc::clone(head));
             }
+            head.queued.set(false);
             queue.waiters.pop_front();
         }
         let lease_timer = queues
@@ -295,13 +308,14 @@ fn front_waiter(db: c_int, key: &[u8]) -> Result<Rc<Waiter>, Option<raw::RedisMo
 /// Refuse every waiter of `key` with `error` (the key now holds another type).
 fn refuse_all(db: c_int, key: &[u8], error: &'static str) {
     let waiters: Vec<Rc<Waiter>> = with_registry(|r| {
-        r.queues
-            .get_mut(&db)
-            .and_then(|q| q.get_mut(key))
-            .map(|q| q.waiters.drain(..).collect())
-            .unwrap_or_default()
+        let Some(queue) = r.queues.get_mut(&db).and_then(|q| q.get_mut(key)) else {
+            return Vec::new();
+        };
+        queue.waiting = 0;
+        queue.waiters.drain(..).collect()
     });
-    for waiter in waiters.iter().filter(|w| w.state.get() == State::Waiting) {
+    for waiter in &waiters {
+        waiter.queued.set(false);
         finish(waiter, State::Refused(error));
     }
 }
@@ -313,13 +327,32 @@ fn error_text(error: &RedisError) -> &'static str {
     }
 }
 
-/// Settle a waiting client: record the outcome and unblock it, which replies at once through
-/// `on_timeout`.
-fn finish(waiter: &Waiter, state: State) {
+/// Move a waiter out of `Waiting` (once) and out of its queue's count. False when it had
+/// already left. Never call with the registry borrowed.
+fn settle(waiter: &Waiter, state: State) -> bool {
     if waiter.state.get() != State::Waiting {
-        return;
+        return false;
     }
     waiter.state.set(state);
+    if waiter.queued.get() {
+        with_registry(|r| {
+            let queue = r
+                .queues
+                .get_mut(&waiter.db)
+                .and_then(|q| q.get_mut(&waiter.key));
+            if let Some(queue) = queue {
+                queue.waiting = queue.waiting.saturating_sub(1);
+            }
+        });
+    }
+    true
+}
+
+/// Settle a waiting client and unblock it, which replies at once through `on_timeout`.
+fn finish(waiter: &Waiter, state: State) {
+    if !settle(waiter, state) {
+        return;
+    }
     if let Some(unblock) = unsafe { raw::RedisModule_UnblockClient } {
         unsafe { unblock(waiter.client.get(), ptr::null_mut()) };
     }
@@ -418,9 +451,7 @@ unsafe extern "C" fn on_timeout(
     _argc: c_int,
 ) -> c_int {
     if let Some(waiter) = privdata(ctx) {
-        if waiter.state.get() == State::Waiting {
-            waiter.state.set(State::TimedOut);
-        }
+        settle(waiter, State::TimedOut);
         reply(ctx, waiter);
     }
     raw::REDISMODULE_OK as c_int
@@ -432,8 +463,8 @@ unsafe extern "C" fn on_disconnect(
     client: *mut raw::RedisModuleBlockedClient,
 ) {
     let waiter = with_registry(|r| r.clients.get(&(client as usize)).and_then(Weak::upgrade));
-    if let Some(waiter) = waiter.filter(|w| w.state.get() == State::Waiting) {
-        waiter.state.set(State::Gone);
+    if let Some(waiter) = waiter {
+        settle(&waiter, State::Gone);
     }
 }
 
@@ -443,16 +474,18 @@ unsafe extern "C" fn on_free(ctx: *mut raw::RedisModuleCtx, data: *mut c_void) {
         return;
     }
     let waiter = unsafe { Box::from_raw(data.cast::<Rc<Waiter>>()) };
-    if waiter.state.get() == State::Waiting {
-        waiter.state.set(State::Gone);
-    }
+    settle(&waiter, State::Gone);
     if let Some(id) = waiter.deadline_timer.take() {
         stop_timer::<Weak<Waiter>>(ctx, id);
     }
     let lease_timer = with_registry(|r| {
         r.clients.remove(&(waiter.client.get() as usize));
+        if !waiter.queued.replace(false) {
+            return None;
+        }
         let queues = r.queues.get_mut(&waiter.db)?;
         let queue = queues.get_mut(&waiter.key)?;
+        // Only waiters that timed out or disconnected are still queued here: O(queue) for them.
         queue.waiters.retain(|w| !Rc::ptr_eq(w, &waiter));
         if !queue.waiters.is_empty() {
             return None;

@@ -17,7 +17,8 @@
 //!   cost with 1, 100 and 10k waiters queued.
 //!
 //! It prints a table and writes the same figures to `target/bench/latest.json`.
-//! `-- --smoke` runs everything on tiny sizes in seconds (CI uses it to keep this working).
+//! `-- --smoke` runs everything on tiny sizes in seconds (CI uses it to keep this working);
+//! `-- --only SECTION` runs one section at full size.
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
@@ -117,7 +118,15 @@ pub fn flushall(c: &mut Connection) {
 }
 
 fn main() {
-    let smoke = std::env::args().any(|a| a == "--smoke");
+    let args: Vec<String> = std::env::args().collect();
+    let smoke = args.iter().any(|a| a == "--smoke");
+    // `--only NAME` runs one section: throughput, memory, contention, expiry or scaling.
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
+    let run = |section: &str| only.as_deref().is_none_or(|o| o == section);
     let sizes = if smoke { &SMOKE } else { &FULL };
     let server = Server::with_config(&[
         ("appendonly", "no"),
@@ -134,11 +143,21 @@ fn main() {
         .to_string();
 
     let mut figures = vec![];
-    throughput::throughput(&server, &mut c, sizes, &mut figures);
-    memory::memory(&mut c, sizes, &mut figures);
-    contention::contention(&server, &mut c, sizes, &mut figures);
-    expiry::expiry(&server, &mut c, sizes, &mut figures);
-    scaling::scaling(&server, &mut c, sizes, &mut figures);
+    if run("throughput") {
+        throughput::throughput(&server, &mut c, sizes, &mut figures);
+    }
+    if run("memory") {
+        memory::memory(&mut c, sizes, &mut figures);
+    }
+    if run("contention") {
+        contention::contention(&server, &mut c, sizes, &mut figures);
+    }
+    if run("expiry") {
+        expiry::expiry(&server, &mut c, sizes, &mut figures);
+    }
+    if run("scaling") {
+        scaling::scaling(&server, &mut c, sizes, &mut figures);
+    }
 
     let machine = format!("{}, Redis {version}", report::machine());
     let table = report::print_table(&figures);
@@ -148,7 +167,11 @@ fn main() {
     );
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
     let _ = std::fs::create_dir_all(&dir);
-    let file = dir.join(if smoke { "smoke.json" } else { "latest.json" });
+    let file = dir.join(match (smoke, &only) {
+        (true, _) => "smoke.json".to_string(),
+        (false, Some(section)) => format!("{section}.json"),
+        (false, None) => "latest.json".to_string(),
+    });
     std::fs::write(&file, report::to_json(&figures, &machine)).expect("write the JSON results");
     println!("written to {}", file.display());
 }

@@ -35,12 +35,15 @@ pub fn run(ctx: &Context, args: &[Arg]) -> RedisResult {
         return Ok(RedisValue::Integer(0));
     };
     apply::replicate(ctx, args.key, OwnerRef::Arg(args.owner), state);
-    key.commit();
-    drop(key);
     let db = blocking::selected_db(ctx.get_raw());
     if state.count == 0 && blocking::waiting(db, args.key.as_bytes()) > 0 {
-        // Hand over in this same command: nobody can take the lock in between.
+        // Hand over in this same command, so nobody can take the lock in between, and in the
+        // same key: deleting and re-creating it would make Redis offer the key to every
+        // blocked client in turn.
+        drop(key);
         blocking::serve(ctx, db, args.key.as_bytes());
+    } else {
+        key.commit();
     }
     Ok(RedisValue::Integer(1))
 }
