@@ -88,8 +88,15 @@ thread_local! {
     static REGISTRY: RefCell<Registry> = RefCell::default();
 }
 
-fn with_registry<T>(f: impl FnOnce(&mut Registry) -> T) -> T {
-    REGISTRY.with(|r| f(&mut r.borrow_mut()))
+/// Run `f` on the registry. Nothing in here calls into Redis while the registry is borrowed,
+/// so the borrow cannot fail; should it ever, the caller gets `T::default()` rather than a
+/// panic that would take the server down.
+fn with_registry<T: Default>(f: impl FnOnce(&mut Registry) -> T) -> T {
+    REGISTRY
+        .try_with(|r| r.try_borrow_mut().ok().map(|mut r| f(&mut r)))
+        .ok()
+        .flatten()
+        .unwrap_or_default()
 }
 
 /// How many clients wait for `key` in database `db`.
@@ -282,14 +289,14 @@ pub fn serve(ctx: &Context, db: c_int, name: &[u8]) {
 fn front_waiter(db: c_int, key: &[u8]) -> Result<Rc<Waiter>, Option<raw::RedisModuleTimerID>> {
     with_registry(|r| {
         let Some(queues) = r.queues.get_mut(&db) else {
-            return Err(None);
+            return Some(Err(None));
         };
         let Some(queue) = queues.get_mut(key) else {
-            return Err(None);
+            return Some(Err(None));
         };
         while let Some(head) = queue.waiters.front() {
             if head.state.get() == State::Waiting {
-                return Ok(Rc::clone(head));
+                return Some(Ok(Rc::clone(head)));
             }
             head.queued.set(false);
             queue.waiters.pop_front();
@@ -301,8 +308,9 @@ fn front_waiter(db: c_int, key: &[u8]) -> Result<Rc<Waiter>, Option<raw::RedisMo
         if queues.is_empty() {
             r.queues.remove(&db);
         }
-        Err(lease_timer)
+        Some(Err(lease_timer))
     })
+    .unwrap_or(Err(None))
 }
 
 /// Refuse every waiter of `key` with `error` (the key now holds another type).
