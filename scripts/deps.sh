@@ -7,10 +7,14 @@ set -e
 missing=""
 command -v "${REDIS_SERVER:-redis-server}" >/dev/null 2>&1 || missing="$missing redis-server"
 command -v redis-cli >/dev/null 2>&1 || missing="$missing redis-tools"
-if ! ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/*/libclang.so* >/dev/null 2>&1 \
-    && [ -z "${LIBCLANG_PATH:-}" ]; then
-    missing="$missing libclang-dev"
-fi
+have_libclang() {
+    [ -n "${LIBCLANG_PATH:-}" ] && return 0
+    for lib in /usr/lib/llvm-*/lib/libclang.so* /usr/lib/*/libclang.so* /usr/lib/*/libclang-*.so*; do
+        [ -e "$lib" ] && return 0
+    done
+    return 1
+}
+have_libclang || missing="$missing libclang-dev"
 if ! command -v cargo >/dev/null 2>&1; then
     echo "dlock needs a Rust toolchain (cargo): see https://rustup.rs" >&2
     exit 1
