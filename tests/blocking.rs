@@ -367,18 +367,7 @@ fn disconnected_killed_and_unblocked_waiters_leave_the_queue() {
     // Many clients that block and disconnect leave nothing behind.
     for round in 0..3 {
         let conns: Vec<Connection> = (0..100)
-            .map(|i| {
-                let mut w = server.client();
-                let blocking = cmd("DLOCK.ACQUIRE")
-                    .arg("k")
-                    .arg(format!("d{round}-{i}"))
-                    .arg(60_000)
-                    .arg("WAIT")
-                    .arg(0)
-                    .get_packed_command();
-                w.send_packed_command(&blocking).unwrap();
-                w
-            })
+            .map(|i| blocked_connection(&server, "k", &format!("d{round}-{i}"), 60_000, 0))
             .collect();
         wait_for_waiters(&mut c, "k", 100);
         drop(conns);
@@ -455,16 +444,8 @@ fn wait_errors_are_exact() {
 fn grants_on_wake_up_replicate_exactly() {
     let master = Server::start();
     let replica = Server::start();
+    replicate_from(&replica, &master);
     let mut r = replica.client();
-    let _: () = cmd("REPLICAOF")
-        .arg("127.0.0.1")
-        .arg(master.port)
-        .query(&mut r)
-        .unwrap();
-    wait_until("the replica to sync", || {
-        let info: String = cmd("INFO").arg("replication").query(&mut r).unwrap();
-        info.contains("master_link_status:up")
-    });
     let mut m = master.client();
     grant(&mut m, "released", "holder", 60_000);
     grant(&mut m, "expiring", "holder", 100);
@@ -474,8 +455,7 @@ fn grants_on_wake_up_replicate_exactly() {
     assert_eq!(release(&mut m, "released", "holder"), 1);
     let t1 = token(&by_release.join().unwrap().0);
     let t2 = token(&by_expiry.join().unwrap().0);
-    let acked: i64 = cmd("WAIT").arg(1).arg(5_000).query(&mut m).unwrap();
-    assert_eq!(acked, 1);
+    wait_for_replica(&mut m);
     assert_eq!(
         info(&mut r, "released").map(|i| (i.0, i.1)),
         Some(("w1".into(), t1))
@@ -495,18 +475,11 @@ fn waiters_that_come_and_go_leave_no_memory_behind() {
     grant(&mut c, "k", "holder", 600_000);
     // used_memory once the server has freed what closed clients left (cron work).
     let settled = |c: &mut Connection| -> i64 {
-        let used = |c: &mut Connection| -> i64 {
-            let info: String = cmd("INFO").arg("memory").query(c).unwrap();
-            info.lines()
-                .find_map(|l| l.strip_prefix("used_memory:"))
-                .and_then(|v| v.trim().parse().ok())
-                .expect("used_memory")
-        };
-        let mut last = used(c);
+        let mut last = used_memory(c);
         let mut stable = 0;
         while stable < 5 {
             thread::sleep(Duration::from_millis(50));
-            let now = used(c);
+            let now = used_memory(c);
             stable = if now == last { stable + 1 } else { 0 };
             last = now;
         }
@@ -516,16 +489,8 @@ fn waiters_that_come_and_go_leave_no_memory_behind() {
     for round in 0..8 {
         let conns: Vec<Connection> = (0..100)
             .map(|i| {
-                let mut w = server.client();
-                let blocking = cmd("DLOCK.ACQUIRE")
-                    .arg("k")
-                    .arg(format!("owner-{round}-{i}"))
-                    .arg(60_000)
-                    .arg("WAIT")
-                    .arg(if i % 2 == 0 { 0 } else { 60_000 })
-                    .get_packed_command();
-                w.send_packed_command(&blocking).unwrap();
-                w
+                let timeout = if i % 2 == 0 { 0 } else { 60_000 };
+                blocked_connection(&server, "k", &format!("owner-{round}-{i}"), 60_000, timeout)
             })
             .collect();
         wait_for_waiters(&mut c, "k", 100);

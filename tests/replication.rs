@@ -4,25 +4,6 @@ mod common;
 
 use common::*;
 
-fn replicate_from(replica: &Server, master: &Server) {
-    let mut r = replica.client();
-    let _: () = cmd("REPLICAOF")
-        .arg("127.0.0.1")
-        .arg(master.port)
-        .query(&mut r)
-        .unwrap();
-    wait_until("the replica to sync", || {
-        let info: String = cmd("INFO").arg("replication").query(&mut r).unwrap();
-        info.contains("master_link_status:up")
-    });
-}
-
-/// Wait until the replica has processed everything the master sent so far.
-fn wait_for_replica(master: &mut Connection) {
-    let acked: i64 = cmd("WAIT").arg(1).arg(5_000).query(master).unwrap();
-    assert_eq!(acked, 1);
-}
-
 fn digest(c: &mut Connection) -> String {
     cmd("DEBUG").arg("DIGEST").query(c).unwrap()
 }

@@ -84,16 +84,23 @@ const SMOKE: Sizes = Sizes {
     handovers: 50,
 };
 
-/// Hold `count` locks `lock:000000000000` … the way each side takes them, in script chunks.
+/// Hold `count` locks `{prefix}{i:0width}` the way each side takes them.
 pub fn populate(c: &mut Connection, dlock: bool, prefix: &str, width: usize, count: u64) {
     let take = if dlock {
         "redis.call('DLOCK.ACQUIRE', k, ARGV[3], ARGV[4])"
     } else {
         "redis.call('SET', k, ARGV[3], 'NX', 'PX', ARGV[4])"
     };
+    for_each_key(c, take, prefix, width, count);
+}
+
+/// Run the Lua statement `body` for every key `{prefix}{i:0width}`, i < count, with `k` the
+/// key, `ARGV[3]` the owner and `ARGV[4]` the lease, in chunks short enough not to stall the
+/// server for long.
+pub fn for_each_key(c: &mut Connection, body: &str, prefix: &str, width: usize, count: u64) {
     let script = format!(
         "for i = tonumber(ARGV[1]), tonumber(ARGV[2]) do \
-           local k = ARGV[5] .. string.format('%0{width}d', i) {take} end"
+           local k = ARGV[5] .. string.format('%0{width}d', i) {body} end"
     );
     let step = 100_000;
     let mut from = 0;
@@ -108,7 +115,7 @@ pub fn populate(c: &mut Connection, dlock: bool, prefix: &str, width: usize, cou
             .arg(TTL_MS)
             .arg(prefix)
             .query(c)
-            .expect("populate");
+            .expect("script over the keys");
         from = to + 1;
     }
 }

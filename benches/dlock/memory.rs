@@ -1,16 +1,8 @@
 //! Memory per held lock against SET NX PX string locks of the same sizes.
 
-use super::common::{Connection, cmd};
+use super::common::{Connection, cmd, used_memory};
 use super::report::{Figure, Target};
-use super::{OWNER, Sizes, flushall, populate};
-
-pub fn used_memory(c: &mut Connection) -> f64 {
-    let info: String = cmd("INFO").arg("memory").query(c).expect("INFO memory");
-    info.lines()
-        .find_map(|l| l.strip_prefix("used_memory:"))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("used_memory")
-}
+use super::{Sizes, flushall, for_each_key, populate};
 
 fn release_all(c: &mut Connection, dlock: bool, count: u64) {
     let drop = if dlock {
@@ -18,24 +10,7 @@ fn release_all(c: &mut Connection, dlock: bool, count: u64) {
     } else {
         "if redis.call('get', k) == ARGV[3] then redis.call('del', k) end"
     };
-    let script = format!(
-        "for i = tonumber(ARGV[1]), tonumber(ARGV[2]) do \
-           local k = 'lk:' .. string.format('%08d', i) {drop} end"
-    );
-    let step = 100_000;
-    let mut from = 0;
-    while from < count {
-        let to = (from + step).min(count) - 1;
-        let _: () = cmd("EVAL")
-            .arg(&script)
-            .arg(0)
-            .arg(from)
-            .arg(to)
-            .arg(OWNER)
-            .query(c)
-            .expect("release all");
-        from = to + 1;
-    }
+    for_each_key(c, drop, "lk:", 8, count);
 }
 
 /// Bytes per held lock with 11-byte keys (`lk:00000000`) and 32-byte owners, and what is left
@@ -45,14 +20,14 @@ pub fn memory(c: &mut Connection, sizes: &Sizes, figures: &mut Vec<Figure>) {
     let mut left = [0.0; 2];
     for (side, dlock) in [true, false].into_iter().enumerate() {
         flushall(c);
-        let base = used_memory(c);
+        let base = used_memory(c) as f64;
         populate(c, dlock, "lk:", 8, sizes.memory_locks);
-        let held = used_memory(c);
+        let held = used_memory(c) as f64;
         release_all(c, dlock, sizes.memory_locks);
         let dbsize: i64 = cmd("DBSIZE").query(c).expect("DBSIZE");
         assert_eq!(dbsize, 0, "every lock released");
         per_lock[side] = (held - base) / sizes.memory_locks as f64;
-        left[side] = used_memory(c) - base;
+        left[side] = used_memory(c) as f64 - base;
     }
     figures.push(Figure {
         name: format!(

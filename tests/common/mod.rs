@@ -217,6 +217,60 @@ pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     }
 }
 
+/// The server's `used_memory`.
+pub fn used_memory(c: &mut Connection) -> i64 {
+    let info: String = cmd("INFO").arg("memory").query(c).expect("INFO memory");
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("used_memory")
+}
+
+/// Make `replica` replicate `master` and wait until the link is up.
+pub fn replicate_from(replica: &Server, master: &Server) {
+    let mut r = replica.client();
+    let _: () = cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(master.port)
+        .query(&mut r)
+        .expect("REPLICAOF");
+    wait_until("the replica to sync", || {
+        let info: String = cmd("INFO")
+            .arg("replication")
+            .query(&mut r)
+            .unwrap_or_default();
+        info.contains("master_link_status:up")
+    });
+}
+
+/// Wait until the one replica has processed everything the master sent so far.
+pub fn wait_for_replica(master: &mut Connection) {
+    let acked: i64 = cmd("WAIT").arg(1).arg(5_000).query(master).expect("WAIT");
+    assert_eq!(acked, 1);
+}
+
+/// A connection that has sent `DLOCK.ACQUIRE key owner ttl WAIT timeout` without reading the
+/// reply: a waiter that costs no thread.
+pub fn blocked_connection(
+    server: &Server,
+    key: &str,
+    owner: &str,
+    ttl: i64,
+    timeout: i64,
+) -> Connection {
+    let mut c = server.client();
+    let command = cmd("DLOCK.ACQUIRE")
+        .arg(key)
+        .arg(owner)
+        .arg(ttl)
+        .arg("WAIT")
+        .arg(timeout)
+        .get_packed_command();
+    c.send_packed_command(&command)
+        .expect("send a blocking acquire");
+    c
+}
+
 /// `DLOCK.ACQUIRE key owner ttl`, as the reply value.
 pub fn acquire(c: &mut Connection, key: &str, owner: &str, ttl: i64) -> Value {
     cmd("DLOCK.ACQUIRE")
