@@ -27,10 +27,13 @@ use std::rc::{Rc, Weak};
 use redis_module::{Context, RedisError, RedisResult, RedisString, RedisValue, raw};
 
 use crate::commands::apply::{self, OwnerRef};
-use crate::commands::{Arg, Ttl, now_ms};
+use crate::commands::{Arg, Ttl, acquire, now_ms};
+use crate::config;
+use crate::errors::err_too_many_waiters;
 use crate::errors::{ERR_BLOCK, ERR_HOLDS_OVERFLOW, ERR_TOKENS_EXHAUSTED};
 use crate::key::LockKey;
-use crate::lock::{AcquireError, Acquired, HoldState};
+use crate::lock::{AcquireError, Acquired};
+use crate::metrics::{self, events};
 use crate::token::CLOCK;
 
 /// What a blocked `ACQUIRE` asked for.
@@ -124,6 +127,9 @@ pub fn selected_db(ctx: *mut raw::RedisModuleCtx) -> c_int {
 pub fn block(ctx: &Context, key: &Arg, request: Request, busy_until: i64) -> RedisResult {
     let raw_ctx = ctx.get_raw();
     let db = selected_db(raw_ctx);
+    if let Some(limit) = config::max_waiters().filter(|l| waiting(db, key.as_bytes()) >= *l) {
+        return Err(RedisError::String(err_too_many_waiters(limit)));
+    }
     let waiter = Rc::new(Waiter {
         db,
         key: key.as_bytes().into(),
@@ -157,6 +163,7 @@ pub fn block(ctx: &Context, key: &Arg, request: Request, busy_until: i64) -> Red
         return Err(RedisError::Str(ERR_BLOCK));
     }
     waiter.client.set(client);
+    metrics::WAITERS.incr();
     if let Some(set_disconnect) = unsafe { raw::RedisModule_SetDisconnectCallback } {
         unsafe { set_disconnect(client, Some(on_disconnect)) };
     }
@@ -190,6 +197,9 @@ pub fn lease_changed(ctx: *mut raw::RedisModuleCtx, db: c_int, key: &[u8], lease
 }
 
 fn arm_lease_timer(ctx: *mut raw::RedisModuleCtx, db: c_int, key: &[u8], at: i64) {
+    if !config::expiry_timers() {
+        return;
+    }
     let stale = with_registry(|r| {
         let queue = r.queues.get_mut(&db)?.get_mut(key)?;
         match queue.lease_timer {
@@ -252,16 +262,16 @@ pub fn serve(ctx: &Context, db: c_int, name: &[u8]) {
         let acquired = lock.acquire(&head.owner, now, head.ttl.lease_end(now), &CLOCK);
         let busy_until = lock.holder(now).map(|h| h.lease_end);
         let empty = lock.is_empty();
-        for ended in &pruned {
-            let removed = HoldState {
-                count: 0,
-                ..ended.state()
-            };
-            apply::replicate(ctx, &key_arg, OwnerRef::Bytes(&ended.owner), removed);
-        }
+        acquire::expired(ctx, &key_arg, &pruned);
         let outcome = match acquired {
             Ok(Acquired::Granted(state) | Acquired::Reentered(state)) => {
                 apply::replicate(ctx, &key_arg, OwnerRef::Bytes(&head.owner), state);
+                if matches!(acquired, Ok(Acquired::Granted(_))) {
+                    metrics::GRANTS_AFTER_WAIT.incr();
+                } else {
+                    metrics::REENTRIES.incr();
+                }
+                metrics::notify(raw_ctx, events::HANDOVER, key_arg.raw());
                 Some(State::Granted(state.token))
             }
             Ok(Acquired::Busy) => None,
@@ -342,6 +352,10 @@ fn settle(waiter: &Waiter, state: State) -> bool {
         return false;
     }
     waiter.state.set(state);
+    metrics::WAITERS.decr();
+    if state == State::TimedOut {
+        metrics::WAIT_TIMEOUTS.incr();
+    }
     if waiter.queued.get() {
         with_registry(|r| {
             let queue = r
@@ -592,7 +606,10 @@ pub unsafe extern "C" fn on_server_event(
 pub fn subscribe(ctx: *mut raw::RedisModuleCtx) -> Result<(), &'static str> {
     let keyspace =
         unsafe { raw::RedisModule_SubscribeToKeyspaceEvents }.ok_or("no keyspace events API")?;
-    let all = redis_module::NotifyEvent::ALL.bits();
+    // Not our own module events: they never free a lock behind our back.
+    let all = redis_module::NotifyEvent::ALL
+        .difference(redis_module::NotifyEvent::MODULE)
+        .bits();
     if unsafe { keyspace(ctx, all, Some(on_keyspace_event)) } != raw::REDISMODULE_OK as c_int {
         return Err("cannot subscribe to keyspace events");
     }

@@ -12,8 +12,10 @@ use std::sync::atomic::{AtomicPtr, Ordering};
 use redis_module::raw;
 
 use crate::commands::apply;
+use crate::commands::now_ms;
 use crate::holds::Owner;
 use crate::lock::{Hold, Lock};
+use crate::metrics;
 use crate::token::CLOCK;
 
 /// Module type names are exactly nine characters; this one is what `TYPE key` shows.
@@ -74,7 +76,10 @@ unsafe extern "C" fn rdb_load(rdb: *mut raw::RedisModuleIO, encver: c_int) -> *m
         return ptr::null_mut();
     }
     match load_lock(rdb) {
-        Some(lock) => Box::into_raw(Box::new(lock)).cast(),
+        Some(lock) => {
+            metrics::LOCKS.incr();
+            Box::into_raw(Box::new(lock)).cast()
+        }
         None => ptr::null_mut(),
     }
 }
@@ -166,10 +171,17 @@ unsafe extern "C" fn digest(md: *mut raw::RedisModuleDigest, value: *mut c_void)
     }
 }
 
+/// Also counts holds whose lease ended without a release (a key expiring with its holder).
+/// May run on a lazyfree thread: touches nothing but the value and atomic counters.
 unsafe extern "C" fn free(value: *mut c_void) {
-    if !value.is_null() {
-        drop(unsafe { Box::from_raw(value.cast::<Lock>()) });
+    if value.is_null() {
+        return;
     }
+    let lock = unsafe { Box::from_raw(value.cast::<Lock>()) };
+    let now = now_ms();
+    let ended = lock.holds().iter().filter(|h| !h.is_live(now)).count();
+    metrics::LEASES_EXPIRED.add(ended as u64);
+    metrics::LOCKS.decr();
 }
 
 /// `COPY` duplicates the lock: same owners, tokens and leases under the new name.
@@ -179,7 +191,10 @@ unsafe extern "C" fn copy(
     value: *const c_void,
 ) -> *mut c_void {
     match lock_ref(value) {
-        Some(lock) => Box::into_raw(Box::new(lock.clone())).cast(),
+        Some(lock) => {
+            metrics::LOCKS.incr();
+            Box::into_raw(Box::new(lock.clone())).cast()
+        }
         None => ptr::null_mut(),
     }
 }

@@ -4,7 +4,6 @@ pub const ERR_SYNTAX: &str = "ERR syntax error";
 pub const ERR_TTL: &str = "ERR ttl must be a positive integer in milliseconds";
 pub const ERR_TTL_RANGE: &str = "ERR ttl is too large: the lease end would overflow";
 pub const ERR_OWNER_EMPTY: &str = "ERR owner must not be empty";
-pub const ERR_OWNER_TOO_LONG: &str = "ERR owner is longer than 256 bytes";
 pub const ERR_TOKENS_EXHAUSTED: &str =
     "ERR fencing tokens exhausted: no token above the last one fits in 63 bits";
 pub const ERR_APPLY_INTERNAL: &str =
@@ -16,3 +15,18 @@ pub const ERR_WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the w
 pub const ERR_TIMEOUT: &str = "ERR timeout must be a non-negative integer in milliseconds";
 pub const ERR_TIMEOUT_RANGE: &str = "ERR timeout is too large: the deadline would overflow";
 pub const ERR_BLOCK: &str = "ERR the server refused to block the client";
+
+/// The owner is longer than `dlock.max-owner-length`.
+pub fn err_owner_too_long(limit: usize) -> String {
+    format!("ERR owner is longer than {limit} bytes")
+}
+
+/// The lease is longer than `dlock.max-ttl`.
+pub fn err_ttl_above_max(limit: i64) -> String {
+    format!("ERR ttl is above the limit of {limit} ms (dlock.max-ttl)")
+}
+
+/// The lock already has `dlock.max-waiters` waiters.
+pub fn err_too_many_waiters(limit: usize) -> String {
+    format!("ERR too many clients wait for this lock (dlock.max-waiters is {limit})")
+}

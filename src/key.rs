@@ -15,6 +15,7 @@ use crate::commands::Arg;
 use crate::datatype;
 use crate::errors::ERR_KEY_UNWRITABLE;
 use crate::lock::Lock;
+use crate::metrics;
 
 pub struct LockKey {
     ctx: *mut raw::RedisModuleCtx,
@@ -84,7 +85,9 @@ impl LockKey {
                 },
                 _ => raw::REDISMODULE_ERR as c_int,
             };
-            if stored != raw::REDISMODULE_OK as c_int {
+            if stored == raw::REDISMODULE_OK as c_int {
+                metrics::LOCKS.incr();
+            } else {
                 drop(unsafe { Box::from_raw(value) });
             }
         }

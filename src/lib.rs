@@ -20,11 +20,13 @@
 
 mod blocking;
 mod commands;
+mod config;
 mod datatype;
 mod errors;
 mod holds;
 mod key;
 mod lock;
+mod metrics;
 mod token;
 
 use std::ffi::CStr;
@@ -157,10 +159,17 @@ fn register_commands(ctx: &Context) -> Result<(), String> {
     Ok(())
 }
 
-fn init(ctx: &Context, _args: &[RedisString]) -> Status {
+fn init(ctx: &Context, args: &[RedisString]) -> Status {
     if let Err(reason) = datatype::register(ctx.get_raw()) {
         ctx.log_warning(&format!("dlock: cannot load: {reason}"));
         return Status::Err;
+    }
+    if let Err(reason) = config::register(ctx.get_raw(), args) {
+        ctx.log_warning(&format!("dlock: cannot load: {reason}"));
+        return Status::Err;
+    }
+    if let Some(register_info) = unsafe { raw::RedisModule_RegisterInfoFunc } {
+        unsafe { register_info(ctx.get_raw(), Some(metrics::info)) };
     }
     if let Err(reason) = register_commands(ctx) {
         ctx.log_warning(&format!("dlock: cannot load: {reason}"));

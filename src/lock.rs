@@ -11,9 +11,6 @@
 use crate::holds::{Holds, Owner};
 use crate::token::TokenClock;
 
-/// Owners are opaque bytes up to this length.
-pub const MAX_OWNER_LEN: usize = 256;
-
 /// One holder's claim on a lock.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Hold {

@@ -10,7 +10,8 @@ use crate::errors::{
     ERR_HOLDS_OVERFLOW, ERR_SYNTAX, ERR_TIMEOUT, ERR_TIMEOUT_RANGE, ERR_TOKENS_EXHAUSTED,
 };
 use crate::key::LockKey;
-use crate::lock::{AcquireError, Acquired, HoldState, owner_from_bits};
+use crate::lock::{AcquireError, Acquired, Hold, HoldState, owner_from_bits};
+use crate::metrics::{self, events};
 use crate::token::CLOCK;
 
 /// The owner argument that asks the server to generate an owner id.
@@ -60,6 +61,22 @@ impl<'a> AcquireArgs<'a> {
     }
 }
 
+/// Replicate, count and announce the removal of holds whose lease ended.
+pub fn expired(ctx: &Context, key: &Arg, pruned: &[Hold]) {
+    if pruned.is_empty() {
+        return;
+    }
+    for ended in pruned {
+        let removed = HoldState {
+            count: 0,
+            ..ended.state()
+        };
+        apply::replicate(ctx, key, OwnerRef::Bytes(&ended.owner), removed);
+    }
+    metrics::LEASES_EXPIRED.add(pruned.len() as u64);
+    metrics::notify(ctx.get_raw(), events::EXPIRED, key.raw());
+}
+
 fn parse_timeout(arg: &Arg, now: i64) -> Result<i64, RedisError> {
     let timeout = arg
         .parse_i64()
@@ -97,15 +114,19 @@ pub fn run(ctx: &Context, args: &[Arg]) -> RedisResult {
     let holder_lease_end = lock.holder(now).map(|h| h.lease_end);
     let changed = acquired != Ok(Acquired::Busy) || !pruned.is_empty() || lock.is_empty();
 
-    for ended in &pruned {
-        let removed = HoldState {
-            count: 0,
-            ..ended.state()
-        };
-        apply::replicate(ctx, args.key, OwnerRef::Bytes(&ended.owner), removed);
-    }
-    if let Ok(Acquired::Granted(state) | Acquired::Reentered(state)) = acquired {
-        apply::replicate(ctx, args.key, owner_ref, state);
+    expired(ctx, args.key, &pruned);
+    match acquired {
+        Ok(Acquired::Granted(state)) => {
+            apply::replicate(ctx, args.key, owner_ref, state);
+            metrics::GRANTS_IMMEDIATE.incr();
+            metrics::notify(ctx.get_raw(), events::ACQUIRED, args.key.raw());
+        }
+        Ok(Acquired::Reentered(state)) => {
+            apply::replicate(ctx, args.key, owner_ref, state);
+            metrics::REENTRIES.incr();
+            metrics::notify(ctx.get_raw(), events::REENTERED, args.key.raw());
+        }
+        _ => {}
     }
     if changed {
         key.commit();

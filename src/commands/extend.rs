@@ -6,6 +6,7 @@ use super::apply::{self, OwnerRef};
 use super::{Arg, Ttl, now_ms, parse_owner};
 use crate::blocking;
 use crate::key::LockKey;
+use crate::metrics::{self, events};
 
 struct ExtendArgs<'a> {
     key: &'a Arg,
@@ -30,13 +31,17 @@ pub fn run(ctx: &Context, args: &[Arg]) -> RedisResult {
     let now = now_ms();
     let args = ExtendArgs::parse(args, now)?;
     let mut key = LockKey::open_write(ctx, args.key);
-    let Some(lock) = key.lock()? else {
-        return Ok(RedisValue::Integer(0));
-    };
-    let Some(state) = lock.extend(args.owner.as_bytes(), now, args.ttl.lease_end(now)) else {
+    let lease_end = args.ttl.lease_end(now);
+    let extended = key
+        .lock()?
+        .and_then(|lock| lock.extend(args.owner.as_bytes(), now, lease_end));
+    let Some(state) = extended else {
+        metrics::EXTENDS_REJECTED.incr();
         return Ok(RedisValue::Integer(0));
     };
     apply::replicate(ctx, args.key, OwnerRef::Arg(args.owner), state);
+    metrics::EXTENDS.incr();
+    metrics::notify(ctx.get_raw(), events::EXTENDED, args.key.raw());
     key.commit();
     drop(key);
     let db = blocking::selected_db(ctx.get_raw());

@@ -12,8 +12,10 @@ use std::slice;
 
 use redis_module::{RedisError, raw};
 
-use crate::errors::{ERR_OWNER_EMPTY, ERR_OWNER_TOO_LONG, ERR_TTL, ERR_TTL_RANGE};
-use crate::lock::MAX_OWNER_LEN;
+use crate::config;
+use crate::errors::{
+    ERR_OWNER_EMPTY, ERR_TTL, ERR_TTL_RANGE, err_owner_too_long, err_ttl_above_max,
+};
 
 /// A command argument as Redis passed it: borrowed for the duration of the call, never
 /// retained or freed (cheaper than the crate's owned `RedisString` on the hot path).
@@ -82,7 +84,10 @@ impl Ttl {
             return Err(RedisError::Str(ERR_TTL));
         }
         now.checked_add(ttl).ok_or(RedisError::Str(ERR_TTL_RANGE))?;
-        Ok(Ttl(ttl))
+        match config::max_ttl() {
+            Some(max) if ttl > max => Err(RedisError::String(err_ttl_above_max(max))),
+            _ => Ok(Ttl(ttl)),
+        }
     }
 
     /// The lease end for a lease starting at `now`.
@@ -91,11 +96,13 @@ impl Ttl {
     }
 }
 
-/// An owner id as the client sent it, checked: non-empty, at most `MAX_OWNER_LEN` bytes.
+/// An owner id as the client sent it, checked: non-empty, at most `dlock.max-owner-length`
+/// bytes.
 pub fn parse_owner(arg: &Arg) -> Result<&Arg, RedisError> {
+    let limit = config::max_owner_length();
     match arg.as_bytes().len() {
         0 => Err(RedisError::Str(ERR_OWNER_EMPTY)),
-        len if len > MAX_OWNER_LEN => Err(RedisError::Str(ERR_OWNER_TOO_LONG)),
+        len if len > limit => Err(RedisError::String(err_owner_too_long(limit))),
         _ => Ok(arg),
     }
 }

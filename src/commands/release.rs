@@ -6,6 +6,7 @@ use super::apply::{self, OwnerRef};
 use super::{Arg, now_ms, parse_owner};
 use crate::blocking;
 use crate::key::LockKey;
+use crate::metrics::{self, events};
 
 struct ReleaseArgs<'a> {
     key: &'a Arg,
@@ -28,13 +29,18 @@ pub fn run(ctx: &Context, args: &[Arg]) -> RedisResult {
     let args = ReleaseArgs::parse(args)?;
     let now = now_ms();
     let mut key = LockKey::open_write(ctx, args.key);
-    let Some(lock) = key.lock()? else {
-        return Ok(RedisValue::Integer(0));
-    };
-    let Some(state) = lock.release(args.owner.as_bytes(), now) else {
+    let Some(state) = key
+        .lock()?
+        .and_then(|lock| lock.release(args.owner.as_bytes(), now))
+    else {
+        metrics::RELEASES_REJECTED.incr();
         return Ok(RedisValue::Integer(0));
     };
     apply::replicate(ctx, args.key, OwnerRef::Arg(args.owner), state);
+    metrics::RELEASES.incr();
+    if state.count == 0 {
+        metrics::notify(ctx.get_raw(), events::RELEASED, args.key.raw());
+    }
     let db = blocking::selected_db(ctx.get_raw());
     if state.count == 0 && blocking::waiting(db, args.key.as_bytes()) > 0 {
         // Hand over in this same command, so nobody can take the lock in between, and in the
