@@ -31,7 +31,8 @@ pub struct Server {
     pub port: u16,
     pub dir: PathBuf,
     config: Vec<(String, String)>,
-    load_module: bool,
+    /// `None`: no module; otherwise the `loadmodule` arguments after the path.
+    module_args: Option<Vec<String>>,
     child: Option<Child>,
 }
 
@@ -43,15 +44,27 @@ impl Server {
 
     /// A server with extra `redis.conf` directives, e.g. `[("appendonly", "yes")]`.
     pub fn with_config(config: &[(&str, &str)]) -> Server {
-        Server::new(config, true)
+        Server::new(config, Some(&[]))
+    }
+
+    /// A server loading the module with `loadmodule PATH args...`.
+    pub fn with_module_args(args: &[&str], config: &[(&str, &str)]) -> Server {
+        Server::new(config, Some(args))
     }
 
     /// A server without the module, for `MODULE LOAD`.
     pub fn without_module() -> Server {
-        Server::new(&[], false)
+        Server::new(&[], None)
     }
 
-    fn new(config: &[(&str, &str)], load_module: bool) -> Server {
+    fn new(config: &[(&str, &str)], module_args: Option<&[&str]>) -> Server {
+        let mut server = Server::prepare(config, module_args);
+        server.launch_on_free_port();
+        server
+    }
+
+    /// A server that is not started yet; `try_start` tells whether it came up.
+    pub fn prepare(config: &[(&str, &str)], module_args: Option<&[&str]>) -> Server {
         let dir = std::env::temp_dir().join(format!(
             "dlock-test-{}-{}",
             std::process::id(),
@@ -66,11 +79,16 @@ impl Server {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-            load_module,
+            module_args: module_args.map(|a| a.iter().map(|s| s.to_string()).collect()),
             child: None,
         };
-        server.launch_on_free_port();
+        server.port = free_port();
         server
+    }
+
+    /// Start a prepared server; false when it exits or never answers (see `log`).
+    pub fn try_start(&mut self) -> bool {
+        self.launch()
     }
 
     fn launch_on_free_port(&mut self) {
@@ -97,8 +115,8 @@ impl Server {
             .args(["--enable-debug-command", "yes"])
             .args(["--enable-module-command", "yes"])
             .args(["--repl-diskless-sync-delay", "0"]);
-        if self.load_module {
-            command.arg("--loadmodule").arg(module_path());
+        if let Some(args) = &self.module_args {
+            command.arg("--loadmodule").arg(module_path()).args(args);
         }
         for (name, value) in &self.config {
             command.arg(format!("--{name}")).arg(value);
