@@ -22,6 +22,7 @@ mod blocking;
 mod commands;
 mod config;
 mod datatype;
+mod docs;
 mod errors;
 mod holds;
 mod key;
@@ -70,6 +71,7 @@ struct Command {
     flags: &'static CStr,
     /// ACL categories on Redis 7.2+ (7.0 has no API to set them for module commands).
     acl: &'static CStr,
+    doc: &'static docs::Doc,
 }
 
 /// Every command, its flags and categories. Each takes one key, its first argument.
@@ -79,30 +81,35 @@ const COMMANDS: [Command; 5] = [
         entry: entry!(commands::acquire::run),
         flags: c"write deny-oom fast",
         acl: c"write fast",
+        doc: &docs::ACQUIRE,
     },
     Command {
         name: c"dlock.release",
         entry: entry!(commands::release::run),
         flags: c"write fast",
         acl: c"write fast",
+        doc: &docs::RELEASE,
     },
     Command {
         name: c"dlock.extend",
         entry: entry!(commands::extend::run),
         flags: c"write fast",
         acl: c"write fast",
+        doc: &docs::EXTEND,
     },
     Command {
         name: c"dlock.info",
         entry: entry!(commands::info::run),
         flags: c"readonly fast",
         acl: c"read fast",
+        doc: &docs::INFO,
     },
     Command {
         name: c"dlock.apply",
         entry: entry!(commands::apply::run),
         flags: c"write fast",
         acl: c"write fast",
+        doc: &docs::APPLY,
     },
 ];
 
@@ -131,13 +138,15 @@ fn register_commands(ctx: &Context) -> Result<(), String> {
         if created != raw::REDISMODULE_OK as c_int {
             return Err(format!("cannot create command {name}"));
         }
-        let api = unsafe {
-            (
-                raw::RedisModule_GetCommand,
-                raw::RedisModule_SetCommandACLCategories,
-            )
+        let handle = match unsafe { raw::RedisModule_GetCommand } {
+            Some(get) => unsafe { get(raw_ctx, command.name.as_ptr()) },
+            None => std::ptr::null_mut(),
         };
-        if let (Some(get), Some(set)) = api {
+        if handle.is_null() {
+            return Err(format!("cannot find command {name}"));
+        }
+        docs::set(handle, command.doc).map_err(|e| format!("{name}: {e}"))?;
+        if let Some(set) = unsafe { raw::RedisModule_SetCommandACLCategories } {
             let categories = if with_category {
                 format!(
                     "{} {}",
@@ -148,10 +157,7 @@ fn register_commands(ctx: &Context) -> Result<(), String> {
                 command.acl.to_string_lossy().into_owned()
             };
             let categories = std::ffi::CString::new(categories).map_err(|e| e.to_string())?;
-            let handle = unsafe { get(raw_ctx, command.name.as_ptr()) };
-            if handle.is_null()
-                || (unsafe { set(handle, categories.as_ptr()) }) != raw::REDISMODULE_OK as c_int
-            {
+            if (unsafe { set(handle, categories.as_ptr()) }) != raw::REDISMODULE_OK as c_int {
                 return Err(format!("cannot set the ACL categories of {name}"));
             }
         }

@@ -288,3 +288,86 @@ fn lock_events_are_published_as_keyspace_notifications() {
     );
     drop(waiter);
 }
+
+#[test]
+fn command_docs_and_key_specs_describe_every_command() {
+    let server = Server::start();
+    let mut c = server.client();
+    let expected: [(&str, i64, &str, &[&str]); 5] = [
+        (
+            "dlock.acquire",
+            -4,
+            "RW update",
+            &["key", "owner", "ttl_ms", "timeout_ms"],
+        ),
+        ("dlock.release", 3, "RW delete", &["key", "owner"]),
+        ("dlock.extend", 4, "RW update", &["key", "owner", "ttl_ms"]),
+        ("dlock.info", 2, "RO access", &["key"]),
+        (
+            "dlock.apply",
+            6,
+            "RW update",
+            &["key", "owner", "token", "holds", "lease_end_ms"],
+        ),
+    ];
+    for (name, arity, key_flags, args) in expected {
+        let docs: Value = cmd("COMMAND").arg("DOCS").arg(name).query(&mut c).unwrap();
+        let text = format!("{docs:?}");
+        assert!(
+            text.contains("summary") && text.contains("0.1.0") && text.contains("O(1)"),
+            "{name}: {text}"
+        );
+        for arg in args {
+            assert!(
+                text.contains(&format!("\"{arg}\"")),
+                "{name} documents {arg}: {text}"
+            );
+        }
+        let info: Vec<Value> = cmd("COMMAND").arg("INFO").arg(name).query(&mut c).unwrap();
+        let Value::Array(entry) = &info[0] else {
+            panic!("{name}")
+        };
+        assert_eq!(entry[1], Value::Int(arity), "{name} arity");
+        let specs = format!("{:?}", entry[8]);
+        for flag in key_flags.split(' ') {
+            assert!(
+                specs.contains(&format!("\"{flag}\"")),
+                "{name} key spec has {flag}: {specs}"
+            );
+        }
+    }
+    let docs: Value = cmd("COMMAND")
+        .arg("DOCS")
+        .arg("dlock.acquire")
+        .query(&mut c)
+        .unwrap();
+    let text = format!("{docs:?}");
+    assert!(
+        text.contains("\"WAIT\"") && text.contains("\"optional\""),
+        "{text}"
+    );
+}
+
+#[test]
+fn read_only_key_permissions_allow_info_but_not_writes() {
+    let server = Server::start();
+    let mut admin = server.client();
+    grant(&mut admin, "k", "w", 60_000);
+    let _: () = cmd("ACL")
+        .arg(&["SETUSER", "reader", "on", ">pw", "%R~*", "+@all"][..])
+        .query(&mut admin)
+        .unwrap();
+    let mut c = redis::Client::open(format!("redis://reader:pw@127.0.0.1:{}/", server.port))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    assert_eq!(info(&mut c, "k").map(|i| i.0), Some("w".into()));
+    for err in [
+        error_of(cmd("DLOCK.ACQUIRE").arg("k").arg("x").arg(10).query(&mut c)),
+        error_of(cmd("DLOCK.RELEASE").arg("k").arg("w").query(&mut c)),
+        error_of(cmd("DLOCK.EXTEND").arg("k").arg("w").arg(10).query(&mut c)),
+    ] {
+        assert!(err.starts_with("NOPERM"), "{err}");
+    }
+    assert_eq!(info(&mut admin, "k").map(|i| i.0), Some("w".into()));
+}

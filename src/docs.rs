@@ -1,0 +1,213 @@
+//! What `COMMAND DOCS` and `COMMAND INFO` say about each command: summary, version,
+//! complexity, arity, the key spec (with read/write flags for ACL selectors and cluster
+//! routing) and the arguments (for redis-cli hints and client generators).
+
+use std::ffi::CStr;
+use std::os::raw::c_int;
+use std::ptr;
+
+use redis_module::raw;
+
+const SINCE: &CStr = c"0.1.0";
+
+#[derive(Clone, Copy)]
+pub enum ArgKind {
+    Key,
+    String,
+    Integer,
+    UnixTimeMs,
+}
+
+pub struct Arg {
+    pub name: &'static CStr,
+    pub kind: ArgKind,
+    /// The keyword before an optional argument (`WAIT timeout_ms`).
+    pub token: Option<&'static CStr>,
+    pub summary: &'static CStr,
+}
+
+pub struct Doc {
+    pub summary: &'static CStr,
+    pub complexity: &'static CStr,
+    /// Redis's convention: N exactly N arguments (command name included), -N at least N.
+    pub arity: c_int,
+    /// `REDISMODULE_CMD_KEY_*` flags of the one key, the first argument.
+    pub key_flags: u32,
+    pub args: &'static [Arg],
+}
+
+const fn arg(name: &'static CStr, kind: ArgKind, summary: &'static CStr) -> Arg {
+    Arg {
+        name,
+        kind,
+        token: None,
+        summary,
+    }
+}
+
+const KEY: Arg = arg(c"key", ArgKind::Key, c"The lock's key.");
+const OWNER: Arg = arg(
+    c"owner",
+    ArgKind::String,
+    c"Who holds the lock: any bytes, or * for a server-generated id.",
+);
+const TTL: Arg = arg(
+    c"ttl_ms",
+    ArgKind::Integer,
+    c"Lease length in milliseconds.",
+);
+
+const RW_UPDATE: u32 = raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_UPDATE;
+
+pub const ACQUIRE: Doc = Doc {
+    summary: c"Takes a lock for an owner with a lease, returning a fencing token; optionally waits in line for it.",
+    complexity: c"O(1)",
+    arity: -4,
+    key_flags: RW_UPDATE,
+    args: &[
+        KEY,
+        OWNER,
+        TTL,
+        Arg {
+            name: c"timeout_ms",
+            kind: ArgKind::Integer,
+            token: Some(c"WAIT"),
+            summary: c"Block until granted or this many milliseconds pass (0: forever).",
+        },
+    ],
+};
+
+pub const RELEASE: Doc = Doc {
+    summary: c"Gives back one hold of a lock; at zero holds the lock is freed or handed to the first waiter.",
+    complexity: c"O(1)",
+    arity: 3,
+    key_flags: raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_DELETE,
+    args: &[KEY, arg(c"owner", ArgKind::String, c"The owner that holds the lock.")],
+};
+
+pub const EXTEND: Doc = Doc {
+    summary: c"Sets the lease of a lock held by the owner to a new length from now.",
+    complexity: c"O(1)",
+    arity: 4,
+    key_flags: RW_UPDATE,
+    args: &[
+        KEY,
+        arg(c"owner", ArgKind::String, c"The owner that holds the lock."),
+        TTL,
+    ],
+};
+
+pub const INFO: Doc = Doc {
+    summary: c"Returns a lock's owner, fencing token, lease left, hold count and waiters.",
+    complexity: c"O(1)",
+    arity: 2,
+    key_flags: raw::REDISMODULE_CMD_KEY_RO | raw::REDISMODULE_CMD_KEY_ACCESS,
+    args: &[KEY],
+};
+
+pub const APPLY: Doc = Doc {
+    summary:
+        c"Internal: sets one hold of a lock as a master decided it (replication and AOF only).",
+    complexity: c"O(1)",
+    arity: 6,
+    key_flags: RW_UPDATE,
+    args: &[
+        KEY,
+        arg(c"owner", ArgKind::String, c"The hold's owner."),
+        arg(c"token", ArgKind::Integer, c"The hold's fencing token."),
+        arg(
+            c"holds",
+            ArgKind::Integer,
+            c"The hold count; 0 removes the hold.",
+        ),
+        arg(
+            c"lease_end_ms",
+            ArgKind::UnixTimeMs,
+            c"When the lease ends, Unix milliseconds.",
+        ),
+    ],
+};
+
+fn arg_type(kind: ArgKind) -> raw::RedisModuleCommandArgType {
+    match kind {
+        ArgKind::Key => raw::RedisModuleCommandArgType_REDISMODULE_ARG_TYPE_KEY,
+        ArgKind::String => raw::RedisModuleCommandArgType_REDISMODULE_ARG_TYPE_STRING,
+        ArgKind::Integer => raw::RedisModuleCommandArgType_REDISMODULE_ARG_TYPE_INTEGER,
+        ArgKind::UnixTimeMs => raw::RedisModuleCommandArgType_REDISMODULE_ARG_TYPE_UNIX_TIME,
+    }
+}
+
+fn c(s: &CStr) -> *const std::os::raw::c_char {
+    s.as_ptr()
+}
+
+/// Attach `doc` to the registered `command`. Redis copies everything it is given.
+pub fn set(command: *mut raw::RedisModuleCommand, doc: &Doc) -> Result<(), &'static str> {
+    let set_info = unsafe { raw::RedisModule_SetCommandInfo }.ok_or("no SetCommandInfo API")?;
+    let version = raw::RedisModuleCommandInfoVersion {
+        version: 1,
+        sizeof_historyentry: size_of::<raw::RedisModuleCommandHistoryEntry>(),
+        sizeof_keyspec: size_of::<raw::RedisModuleCommandKeySpec>(),
+        sizeof_arg: size_of::<raw::RedisModuleCommandArg>(),
+    };
+    let mut key_specs = [
+        raw::RedisModuleCommandKeySpec {
+            notes: ptr::null(),
+            flags: u64::from(doc.key_flags),
+            begin_search_type: raw::RedisModuleKeySpecBeginSearchType_REDISMODULE_KSPEC_BS_INDEX,
+            bs: raw::RedisModuleCommandKeySpec__bindgen_ty_1 {
+                index: raw::RedisModuleCommandKeySpec__bindgen_ty_1__bindgen_ty_1 { pos: 1 },
+            },
+            find_keys_type: raw::RedisModuleKeySpecFindKeysType_REDISMODULE_KSPEC_FK_RANGE,
+            fk: raw::RedisModuleCommandKeySpec__bindgen_ty_2 {
+                range: raw::RedisModuleCommandKeySpec__bindgen_ty_2__bindgen_ty_1 {
+                    lastkey: 0,
+                    keystep: 1,
+                    limit: 0,
+                },
+            },
+        },
+        // Both arrays end with a zeroed entry.
+        unsafe { std::mem::zeroed() },
+    ];
+    let mut args: Vec<raw::RedisModuleCommandArg> = doc
+        .args
+        .iter()
+        .map(|a| raw::RedisModuleCommandArg {
+            name: c(a.name),
+            type_: arg_type(a.kind),
+            key_spec_index: if matches!(a.kind, ArgKind::Key) {
+                0
+            } else {
+                -1
+            },
+            token: a.token.map_or(ptr::null(), c),
+            summary: c(a.summary),
+            since: ptr::null(),
+            flags: if a.token.is_some() {
+                raw::REDISMODULE_CMD_ARG_OPTIONAL as c_int
+            } else {
+                raw::REDISMODULE_CMD_ARG_NONE as c_int
+            },
+            deprecated_since: ptr::null(),
+            subargs: ptr::null_mut(),
+            display_text: ptr::null(),
+        })
+        .collect();
+    args.push(unsafe { std::mem::zeroed() });
+    let info = raw::RedisModuleCommandInfo {
+        version: &version,
+        summary: c(doc.summary),
+        complexity: c(doc.complexity),
+        since: c(SINCE),
+        history: ptr::null_mut(),
+        tips: ptr::null(),
+        arity: doc.arity,
+        key_specs: key_specs.as_mut_ptr(),
+        args: args.as_mut_ptr(),
+    };
+    if unsafe { set_info(command, &info) } != raw::REDISMODULE_OK as c_int {
+        return Err("the server rejected the command docs");
+    }
+    Ok(())
+}
