@@ -19,6 +19,21 @@ if ! command -v cargo >/dev/null 2>&1; then
     echo "dlock needs a Rust toolchain (cargo): see https://rustup.rs" >&2
     exit 1
 fi
+# The test suite runs the README's redis-py example.
+python_redis() {
+    command -v python3 >/dev/null 2>&1 && python3 -c 'import redis' >/dev/null 2>&1
+}
+if ! python_redis; then
+    if [ "$(id -u)" = 0 ] && command -v python3 >/dev/null 2>&1 \
+        && python3 -m pip --version >/dev/null 2>&1; then
+        echo "Installing redis-py"
+        python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore redis \
+            || python3 -m pip install --quiet --disable-pip-version-check redis
+    else
+        missing="$missing python3-redis"
+    fi
+fi
+
 [ -z "$missing" ] && exit 0
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
