@@ -7,7 +7,7 @@ MODULE := target/release/libdlock.so
 
 export REDIS_SERVER
 
-.PHONY: deps build run test lint bench
+.PHONY: deps build run test lint bench torture
 
 deps:
 	@sh scripts/deps.sh
@@ -32,3 +32,8 @@ test: build lint
 # (about 6 minutes). ARGS="--only contention" runs one section.
 bench: build
 	$(CARGO) bench --bench dlock -- $(ARGS)
+
+# The long reliability run (safety checker at 100k grants, 20 crashes, 1M fuzzed commands,
+# 10k waiters and 1M cycles of churn), printing its figures. About 10 minutes.
+torture: build
+	DLOCK_TORTURE=1 $(CARGO) test --release --test reliability -- --nocapture --test-threads=1
