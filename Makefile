@@ -7,7 +7,7 @@ MODULE := target/release/libdlock.so
 
 export REDIS_SERVER
 
-.PHONY: deps build run test lint bench torture
+.PHONY: deps build run test lint bench torture compat
 
 deps:
 	@sh scripts/deps.sh
@@ -37,3 +37,7 @@ bench: build
 # 10k waiters and 1M cycles of churn), printing its figures. About 10 minutes.
 torture: build
 	DLOCK_TORTURE=1 $(CARGO) test --release --test reliability -- --nocapture --test-threads=1
+
+# The whole suite against each server in SERVERS (or under COMPAT_DIR), as a matrix.
+compat: build
+	sh scripts/compat.sh

@@ -1,0 +1,35 @@
+#!/bin/sh
+# Run the whole test suite against several server binaries and print a matrix.
+#
+#   make compat SERVERS="/opt/redis-7.2.6/src/redis-server /opt/valkey-8.0/src/valkey-server"
+#   make compat COMPAT_DIR=/opt/servers   # every */src/redis-server and */src/valkey-server
+#
+# With neither, only the redis-server on PATH. Building the other servers is a development
+# step (README, "Compatibility").
+set -u
+
+servers="${SERVERS:-}"
+if [ -z "$servers" ] && [ -n "${COMPAT_DIR:-}" ]; then
+    servers=$(ls "$COMPAT_DIR"/*/src/redis-server "$COMPAT_DIR"/*/src/valkey-server 2>/dev/null)
+fi
+[ -n "$servers" ] || servers=$(command -v redis-server)
+
+results=""
+failed_any=0
+for server in $servers; do
+    version=$("$server" --version 2>/dev/null | sed -n 's/^\([A-Za-z]*\) server v=\([^ ]*\).*/\1 \2/p')
+    log=$(mktemp)
+    REDIS_SERVER="$server" cargo test --release >"$log" 2>&1
+    passed=$(sed -n 's/^test result: [a-zA-Z]*\. \([0-9]*\) passed.*/\1/p' "$log" | awk '{s+=$1} END {print s+0}')
+    failed=$(sed -n 's/^test result: .* \([0-9]*\) failed.*/\1/p' "$log" | awk '{s+=$1} END {print s+0}')
+    if ! grep -q "^test result" "$log" || [ "$failed" != 0 ]; then
+        failed_any=1
+        grep -E "^test .* FAILED|panicked at" "$log" | head -20 >&2
+    fi
+    results="$results| $server | $version | $passed | $failed |
+"
+    rm -f "$log"
+done
+
+printf '| server | version | passed | failed |\n|---|---|---:|---:|\n%s' "$results"
+exit $failed_any
