@@ -84,7 +84,7 @@ fn issued_ms(token: i64) -> i64 {
 
 #[test]
 fn safety_checker_finds_no_violation_under_contention_and_pauses() {
-    let (clients, keys, grants_target) = if torture() {
+    let (clients, keys, grants_target): (usize, u64, usize) = if torture() {
         (48, 4, 100_000)
     } else {
         (32, 3, 1_500)
