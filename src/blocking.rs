@@ -560,7 +560,9 @@ unsafe extern "C" fn on_pending(ctx: *mut raw::RedisModuleCtx, _data: *mut c_voi
 }
 
 /// Any keyspace event on a waited key may have freed it (DEL, UNLINK, expiry, eviction,
-/// RENAME or MOVE away, RESTORE, a write of another type): serve it from a timer.
+/// RENAME or MOVE away, RESTORE, a write of another type). A notification handler may not
+/// write, so the key is served right after the command that caused the event (a
+/// post-notification job, Redis 7.2+) or from the next zero-delay timer (Redis 7.0).
 pub unsafe extern "C" fn on_keyspace_event(
     ctx: *mut raw::RedisModuleCtx,
     _type: c_int,
@@ -571,8 +573,32 @@ pub unsafe extern "C" fn on_keyspace_event(
         return raw::REDISMODULE_OK as c_int;
     }
     let key = Arg::from_raw(key);
-    schedule(ctx, selected_db(ctx), key.as_bytes());
+    let db = selected_db(ctx);
+    if waiting(db, key.as_bytes()) == 0 {
+        return raw::REDISMODULE_OK as c_int;
+    }
+    let job = Box::into_raw(Box::new((db, Box::<[u8]>::from(key.as_bytes()))));
+    let added = match unsafe { raw::RedisModule_AddPostNotificationJob } {
+        Some(add) => unsafe { add(ctx, Some(on_post_notification), job.cast(), Some(free_job)) },
+        None => raw::REDISMODULE_ERR as c_int,
+    };
+    if added != raw::REDISMODULE_OK as c_int {
+        drop(unsafe { Box::from_raw(job) });
+        schedule(ctx, db, key.as_bytes());
+    }
     raw::REDISMODULE_OK as c_int
+}
+
+unsafe extern "C" fn on_post_notification(ctx: *mut raw::RedisModuleCtx, job: *mut c_void) {
+    if let Some((db, key)) = unsafe { job.cast::<(c_int, Box<[u8]>)>().as_ref() } {
+        serve(&Context::new(ctx), *db, key);
+    }
+}
+
+unsafe extern "C" fn free_job(job: *mut c_void) {
+    if !job.is_null() {
+        drop(unsafe { Box::from_raw(job.cast::<(c_int, Box<[u8]>)>()) });
+    }
 }
 
 /// FLUSHDB / FLUSHALL (and the flush inside DEBUG RELOAD or a full sync) and SWAPDB change

@@ -165,7 +165,23 @@ fn register_commands(ctx: &Context) -> Result<(), String> {
     Ok(())
 }
 
+/// The oldest server dlock runs on: 7.0 brought module configs, command docs and key specs.
+const MIN_SERVER_VERSION: c_int = 0x00_07_00_00;
+
 fn init(ctx: &Context, args: &[RedisString]) -> Status {
+    let version = match unsafe { raw::RedisModule_GetServerVersion } {
+        Some(version) => unsafe { version() },
+        None => 0,
+    };
+    if version < MIN_SERVER_VERSION {
+        ctx.log_warning(&format!(
+            "dlock: cannot load: it needs Redis 7.0 or newer, and this server is {}.{}.{}",
+            version >> 16,
+            (version >> 8) & 0xff,
+            version & 0xff
+        ));
+        return Status::Err;
+    }
     if let Err(reason) = datatype::register(ctx.get_raw()) {
         ctx.log_warning(&format!("dlock: cannot load: {reason}"));
         return Status::Err;
