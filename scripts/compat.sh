@@ -32,4 +32,18 @@ for server in $servers; do
 done
 
 printf '| server | version | passed | failed |\n|---|---|---:|---:|\n%s' "$results"
+
+# Upgrades through RDB, e.g. UPGRADE_CHAINS="a b c;b d": each chain's servers in turn.
+if [ -n "${UPGRADE_CHAINS:-}" ]; then
+    echo
+    echo "$UPGRADE_CHAINS" | tr ';' '\n' | while read -r chain; do
+        [ -n "$chain" ] || continue
+        if DLOCK_UPGRADE_CHAIN="$chain" cargo test --release --test upgrade -- --ignored >/dev/null 2>&1; then
+            echo "upgrade ok: $chain"
+        else
+            echo "upgrade FAILED: $chain"
+            failed_any=1
+        fi
+    done
+fi
 exit $failed_any

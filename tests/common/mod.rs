@@ -29,6 +29,7 @@ fn server_binary() -> String {
 
 pub struct Server {
     pub port: u16,
+    binary: String,
     pub dir: PathBuf,
     config: Vec<(String, String)>,
     /// `None`: no module; otherwise the `loadmodule` arguments after the path.
@@ -74,6 +75,7 @@ impl Server {
         std::fs::create_dir_all(&dir).expect("create the server's directory");
         let mut server = Server {
             port: 0,
+            binary: server_binary(),
             dir,
             config: config
                 .iter()
@@ -104,7 +106,7 @@ impl Server {
 
     /// Start the server on `self.port` in `self.dir`; false when it exited or never answered.
     fn launch(&mut self) -> bool {
-        let mut command = Command::new(server_binary());
+        let mut command = Command::new(&self.binary);
         command
             .current_dir(&self.dir)
             .args(["--port", &self.port.to_string()])
@@ -190,6 +192,11 @@ impl Server {
                 .unwrap_or_default();
             info.contains("loading:0")
         });
+    }
+
+    /// Run another server binary from the next restart on (an upgrade).
+    pub fn set_binary(&mut self, binary: &str) {
+        self.binary = binary.to_string();
     }
 
     /// Change one directive before the next restart.
