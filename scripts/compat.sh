@@ -38,7 +38,7 @@ if [ -n "${UPGRADE_CHAINS:-}" ]; then
     echo
     echo "$UPGRADE_CHAINS" | tr ';' '\n' | while read -r chain; do
         [ -n "$chain" ] || continue
-        if DLOCK_UPGRADE_CHAIN="$chain" cargo test --release --test upgrade -- --ignored >/dev/null 2>&1; then
+        if DLOCK_UPGRADE_CHAIN="$chain" cargo test --release --test persistence -- --ignored >/dev/null 2>&1; then
             echo "upgrade ok: $chain"
         else
             echo "upgrade FAILED: $chain"
