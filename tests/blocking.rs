@@ -473,18 +473,6 @@ fn waiters_that_come_and_go_leave_no_memory_behind() {
     let server = Server::with_config(&[("hz", "100")]);
     let mut c = server.client();
     grant(&mut c, "k", "holder", 600_000);
-    // used_memory once the server has freed what closed clients left (cron work).
-    let settled = |c: &mut Connection| -> i64 {
-        let mut last = used_memory(c);
-        let mut stable = 0;
-        while stable < 5 {
-            thread::sleep(Duration::from_millis(50));
-            let now = used_memory(c);
-            stable = if now == last { stable + 1 } else { 0 };
-            last = now;
-        }
-        last
-    };
     let mut baseline = 0;
     for round in 0..8 {
         let conns: Vec<Connection> = (0..100)
@@ -497,12 +485,12 @@ fn waiters_that_come_and_go_leave_no_memory_behind() {
         drop(conns);
         wait_for_waiters(&mut c, "k", 0);
         if round == 1 {
-            baseline = settled(&mut c);
+            baseline = settled_used_memory(&mut c);
         }
     }
     // 600 waiters came and went since the baseline: a leak of even one small allocation each
     // would show.
-    let growth = settled(&mut c) - baseline;
+    let growth = settled_used_memory(&mut c) - baseline;
     assert!(growth < 8 * 1024, "used_memory grew by {growth} bytes");
     assert_eq!(info(&mut c, "k").map(|i| i.0), Some("holder".into()));
 }

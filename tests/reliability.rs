@@ -321,22 +321,13 @@ fn replica_promotions_after_missed_writes_never_reissue_tokens() {
             grant(&mut m, &format!("seen{i}"), "w", 60_000);
         }
         wait_for_replica(&mut m);
-        replica.signal("STOP");
-        let _: i64 = cmd("CLIENT")
-            .arg("KILL")
-            .arg("TYPE")
-            .arg("replica")
-            .query(&mut m)
-            .unwrap();
+        cut_off_replica(&replica, &mut m);
         let mut missed = 0;
         for i in 0..1 + rng.below(300) {
             missed = grant(&mut m, &format!("missed{i}"), "w", 60_000);
         }
         drop(m);
-        master.kill9();
-        replica.signal("CONT");
-        let mut r = replica.client();
-        let _: () = cmd("REPLICAOF").arg("NO").arg("ONE").query(&mut r).unwrap();
+        let mut r = fail_over(&mut master, &replica);
         let token = grant(&mut r, "after", "w", 60_000);
         assert!(
             token > missed,
@@ -600,17 +591,6 @@ fn churn_of_waiters_and_cycles_leaves_no_stuck_waiter_and_no_memory() {
         assert_eq!(dbsize, 0, "no lock left behind");
         let _ = round;
     }
-    let settle = |c: &mut Connection| -> i64 {
-        let mut last = used_memory(c);
-        let mut stable = 0;
-        while stable < 5 {
-            thread::sleep(Duration::from_millis(50));
-            let now = used_memory(c);
-            stable = if now == last { stable + 1 } else { 0 };
-            last = now;
-        }
-        last
-    };
     let run_cycles = |c: &mut Connection, count: usize| {
         for batch in (0..count).step_by(1_000) {
             let mut pipe = redis::pipe();
@@ -634,9 +614,9 @@ fn churn_of_waiters_and_cycles_leaves_no_stuck_waiter_and_no_memory() {
     // A short first pass grows what grows once (keyspace tables sized for the 5k keys);
     // a leak shows as growth over the long pass after it.
     run_cycles(&mut c, 10_000);
-    let baseline = settle(&mut c);
+    let baseline = settled_used_memory(&mut c);
     run_cycles(&mut c, cycles);
-    let after = settle(&mut c);
+    let after = settled_used_memory(&mut c);
     let drift = (after - baseline) as f64 / baseline as f64;
     println!(
         "churn: {waiters_total} waiters (half killed) x2 rounds and {cycles} cycles; used_memory {baseline} -> {after} ({:+.3}%)",

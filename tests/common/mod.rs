@@ -251,6 +251,46 @@ pub fn used_memory(c: &mut Connection) -> i64 {
         .expect("used_memory")
 }
 
+/// `used_memory` once it holds still for a while: after the server has freed what closed
+/// clients and emptied tables left behind (cron work; run the server with a high `hz`).
+pub fn settled_used_memory(c: &mut Connection) -> i64 {
+    let mut last = used_memory(c);
+    let mut stable = 0;
+    while stable < 5 {
+        sleep(Duration::from_millis(50));
+        let now = used_memory(c);
+        stable = if now == last { stable + 1 } else { 0 };
+        last = now;
+    }
+    last
+}
+
+/// Stop `replica` (SIGSTOP) and cut its link, so that it really misses what the master does
+/// next: bytes already in a stopped replica's socket buffer would still arrive after SIGCONT.
+pub fn cut_off_replica(replica: &Server, master: &mut Connection) {
+    replica.signal("STOP");
+    let killed: i64 = cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("replica")
+        .query(master)
+        .expect("CLIENT KILL TYPE replica");
+    assert_eq!(killed, 1);
+}
+
+/// Kill the master with -9, wake the cut-off replica and promote it.
+pub fn fail_over(master: &mut Server, replica: &Server) -> Connection {
+    master.kill9();
+    replica.signal("CONT");
+    let mut r = replica.client();
+    let _: () = cmd("REPLICAOF")
+        .arg("NO")
+        .arg("ONE")
+        .query(&mut r)
+        .expect("REPLICAOF NO ONE");
+    r
+}
+
 /// Make `replica` replicate `master` and wait until the link is up.
 pub fn replicate_from(replica: &Server, master: &Server) {
     let mut r = replica.client();
