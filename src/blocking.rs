@@ -4,9 +4,9 @@
 //! left free for others to take: whoever frees it hands it to the first waiter in the same
 //! step — `RELEASE` inside the command, a lease end from a timer armed at that instant (Redis's
 //! own expiry can lag by hundreds of milliseconds), and `DEL`, `FLUSHALL`, `RENAME`, `SWAPDB`
-//! and friends from a zero-delay timer scheduled by their keyspace or server event (a
-//! notification handler may not write). Until that timer runs, `ACQUIRE` from anyone but the
-//! holder refuses, so nobody barges past the queue.
+//! and friends from their keyspace or server event, through a post-notification job (Redis
+//! 7.2+) or a zero-delay timer (a notification handler may not write). Until that runs,
+//! `ACQUIRE` from anyone but the holder refuses, so nobody barges past the queue.
 //!
 //! Clients block with `RedisModule_BlockClientOnKeys`, so Redis frees their private data on
 //! every path (grant, timeout, `CLIENT UNBLOCK`, disconnect). A grant or a timeout is delivered
@@ -29,8 +29,7 @@ use redis_module::{Context, RedisError, RedisResult, RedisString, RedisValue, ra
 use crate::commands::apply::{self, OwnerRef};
 use crate::commands::{Arg, Ttl, acquire, now_ms};
 use crate::config;
-use crate::errors::err_too_many_waiters;
-use crate::errors::{ERR_BLOCK, ERR_HOLDS_OVERFLOW, ERR_TOKENS_EXHAUSTED};
+use crate::errors::{ERR_BLOCK, ERR_HOLDS_OVERFLOW, ERR_TOKENS_EXHAUSTED, err_too_many_waiters};
 use crate::key::LockKey;
 use crate::lock::{AcquireError, Acquired};
 use crate::metrics::{self, events};
@@ -395,7 +394,7 @@ pub fn schedule(ctx: *mut raw::RedisModuleCtx, db: c_int, key: &[u8]) {
     }
 }
 
-/// Serve every waited key of `db` (all databases for `None`) from the next timer.
+/// Serve every waited key of the databases `dbs` (all of them when empty) from the next timer.
 pub fn schedule_db(ctx: *mut raw::RedisModuleCtx, dbs: &[c_int]) {
     let keys: Vec<(c_int, Box<[u8]>)> = with_registry(|r| {
         r.queues
