@@ -33,6 +33,7 @@ use crate::errors::{ERR_BLOCK, ERR_HOLDS_OVERFLOW, ERR_TOKENS_EXHAUSTED, err_too
 use crate::key::LockKey;
 use crate::lock::{AcquireError, Acquired};
 use crate::metrics::{self, events};
+use crate::session;
 use crate::token::CLOCK;
 
 /// What a blocked `ACQUIRE` asked for.
@@ -43,6 +44,8 @@ pub struct Request<'a> {
     pub ttl: Ttl,
     /// 0 waits forever.
     pub timeout_ms: i64,
+    /// `SESSION`: bind the hold to this client id once granted.
+    pub session: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,6 +64,7 @@ struct Waiter {
     owner: Box<[u8]>,
     generated: bool,
     ttl: Ttl,
+    session: Option<u64>,
     client: Cell<*mut raw::RedisModuleBlockedClient>,
     state: Cell<State>,
     /// Still in its key's queue (waiters that left are dropped from the queue lazily).
@@ -135,6 +139,7 @@ pub fn block(ctx: &Context, key: &Arg, request: Request, busy_until: i64) -> Red
         owner: request.owner.into(),
         generated: request.generated,
         ttl: request.ttl,
+        session: request.session,
         client: Cell::new(ptr::null_mut()),
         state: Cell::new(State::Waiting),
         queued: Cell::new(true),
@@ -265,6 +270,20 @@ pub fn serve(ctx: &Context, db: c_int, name: &[u8]) {
         let outcome = match acquired {
             Ok(Acquired::Granted(state) | Acquired::Reentered(state)) => {
                 apply::replicate(ctx, &key_arg, OwnerRef::Bytes(&head.owner), state);
+                match head.session {
+                    Some(client) => session::bind(
+                        client,
+                        db,
+                        name,
+                        &head.owner,
+                        state.token,
+                        state.lease_end,
+                        now,
+                    ),
+                    None => {
+                        session::lease_changed(db, name, &head.owner, state.token, state.lease_end)
+                    }
+                }
                 if matches!(acquired, Ok(Acquired::Granted(_))) {
                     metrics::GRANTS_AFTER_WAIT.incr();
                 } else {

@@ -16,6 +16,8 @@ pub enum ArgKind {
     String,
     Integer,
     UnixTimeMs,
+    /// A keyword alone (`SESSION`).
+    PureToken,
 }
 
 pub struct Arg {
@@ -73,6 +75,12 @@ pub const ACQUIRE: Doc = Doc {
             kind: ArgKind::Integer,
             token: Some(c"WAIT"),
             summary: c"Block until granted or this many milliseconds pass (0: forever).",
+        },
+        Arg {
+            name: c"session",
+            kind: ArgKind::PureToken,
+            token: Some(c"SESSION"),
+            summary: c"End the hold when this connection closes.",
         },
     ],
 };
@@ -134,6 +142,7 @@ fn arg_type(kind: ArgKind) -> raw::RedisModuleCommandArgType {
         ArgKind::String => raw::RedisModuleCommandArgType_REDISMODULE_ARG_TYPE_STRING,
         ArgKind::Integer => raw::RedisModuleCommandArgType_REDISMODULE_ARG_TYPE_INTEGER,
         ArgKind::UnixTimeMs => raw::RedisModuleCommandArgType_REDISMODULE_ARG_TYPE_UNIX_TIME,
+        ArgKind::PureToken => raw::RedisModuleCommandArgType_REDISMODULE_ARG_TYPE_PURE_TOKEN,
     }
 }
 

@@ -28,6 +28,7 @@ mod holds;
 mod key;
 mod lock;
 mod metrics;
+mod session;
 mod token;
 
 use std::ffi::CStr;
@@ -194,6 +195,10 @@ fn init(ctx: &Context, args: &[RedisString]) -> Status {
         unsafe { register_info(ctx.get_raw(), Some(metrics::info)) };
     }
     if let Err(reason) = register_commands(ctx) {
+        ctx.log_warning(&format!("dlock: cannot load: {reason}"));
+        return Status::Err;
+    }
+    if let Err(reason) = session::subscribe(ctx.get_raw()) {
         ctx.log_warning(&format!("dlock: cannot load: {reason}"));
         return Status::Err;
     }

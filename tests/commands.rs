@@ -291,7 +291,10 @@ fn info_is_a_map_in_resp3() {
         .iter()
         .map(|(k, _)| redis::from_redis_value(k).unwrap())
         .collect();
-    assert_eq!(names, ["owner", "token", "ttl", "holds", "waiters"]);
+    assert_eq!(
+        names,
+        ["owner", "token", "ttl", "holds", "waiters", "session"]
+    );
     assert_eq!(fields[0].1, Value::BulkString(b"w1".to_vec()));
     assert_eq!(fields[1].1, Value::Int(token));
     assert_eq!(fields[3].1, Value::Int(1));
@@ -388,7 +391,7 @@ fn works_inside_multi_exec_and_lua() {
         .unwrap();
     assert!(token > 0);
     assert_eq!(refused, Value::Nil);
-    assert_eq!(info_reply.len(), 10);
+    assert_eq!(info_reply.len(), 12);
 
     let script = r#"
         local t = redis.call('DLOCK.ACQUIRE', KEYS[1], ARGV[1], 10000)

@@ -298,7 +298,7 @@ fn command_docs_and_key_specs_describe_every_command() {
             "dlock.acquire",
             -4,
             "RW update",
-            &["key", "owner", "ttl_ms", "timeout_ms"],
+            &["key", "owner", "ttl_ms", "timeout_ms", "session"],
         ),
         ("dlock.release", 3, "RW delete", &["key", "owner"]),
         ("dlock.extend", 4, "RW update", &["key", "owner", "ttl_ms"]),

@@ -12,6 +12,7 @@ use crate::errors::{
 use crate::key::LockKey;
 use crate::lock::{AcquireError, Acquired, Hold, HoldState, owner_from_bits};
 use crate::metrics::{self, events};
+use crate::session;
 use crate::token::CLOCK;
 
 /// The owner argument that asks the server to generate an owner id.
@@ -28,6 +29,8 @@ struct AcquireArgs<'a> {
     ttl: Ttl,
     /// `WAIT timeout_ms`: block until granted; 0 waits forever.
     wait: Option<i64>,
+    /// `SESSION`: the hold ends when this connection does.
+    session: bool,
 }
 
 impl<'a> AcquireArgs<'a> {
@@ -42,11 +45,16 @@ impl<'a> AcquireArgs<'a> {
         };
         let ttl = Ttl::parse(ttl, now)?;
         let mut wait = None;
+        let mut session = false;
         let mut rest = options;
         while let [option, tail @ ..] = rest {
             match (option.as_bytes().to_ascii_uppercase().as_slice(), tail) {
                 (b"WAIT", [timeout, tail @ ..]) if wait.is_none() => {
                     wait = Some(parse_timeout(timeout, now)?);
+                    rest = tail;
+                }
+                (b"SESSION", tail) if !session => {
+                    session = true;
                     rest = tail;
                 }
                 _ => return Err(RedisError::Str(ERR_SYNTAX)),
@@ -57,6 +65,7 @@ impl<'a> AcquireArgs<'a> {
             owner,
             ttl,
             wait,
+            session,
         })
     }
 }
@@ -138,6 +147,21 @@ pub fn run(ctx: &Context, args: &[Arg]) -> RedisResult {
             if queued {
                 blocking::lease_changed(ctx.get_raw(), db, args.key.as_bytes(), state.lease_end);
             }
+            let key_name = args.key.as_bytes();
+            if args.session {
+                let client = session::client_id(ctx.get_raw());
+                session::bind(
+                    client,
+                    db,
+                    key_name,
+                    owner,
+                    state.token,
+                    state.lease_end,
+                    now,
+                );
+            } else {
+                session::lease_changed(db, key_name, owner, state.token, state.lease_end);
+            }
             Ok(match args.owner {
                 Owner::Named(_) => RedisValue::Integer(state.token),
                 Owner::Generated => RedisValue::Array(vec![
@@ -160,6 +184,7 @@ pub fn run(ctx: &Context, args: &[Arg]) -> RedisResult {
                         generated: matches!(args.owner, Owner::Generated),
                         ttl: args.ttl,
                         timeout_ms,
+                        session: args.session.then(|| session::client_id(ctx.get_raw())),
                     };
                     blocking::block(ctx, args.key, request, holder_lease_end.unwrap_or(now))
                 }

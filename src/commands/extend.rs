@@ -7,6 +7,7 @@ use super::{Arg, Ttl, now_ms, parse_owner};
 use crate::blocking;
 use crate::key::LockKey;
 use crate::metrics::{self, events};
+use crate::session;
 
 struct ExtendArgs<'a> {
     key: &'a Arg,
@@ -46,5 +47,7 @@ pub fn run(ctx: &Context, args: &[Arg]) -> RedisResult {
     drop(key);
     let db = blocking::selected_db(ctx.get_raw());
     blocking::lease_changed(ctx.get_raw(), db, args.key.as_bytes(), state.lease_end);
+    let owner = args.owner.as_bytes();
+    session::lease_changed(db, args.key.as_bytes(), owner, state.token, state.lease_end);
     Ok(RedisValue::Integer(1))
 }

@@ -7,6 +7,7 @@ use redis_module::{Context, RedisError, RedisResult, RedisValue, raw};
 use super::{Arg, now_ms};
 use crate::blocking;
 use crate::key::LockKey;
+use crate::session;
 
 pub fn run(ctx: &Context, args: &[Arg]) -> RedisResult {
     let [_, name] = args else {
@@ -19,8 +20,10 @@ pub fn run(ctx: &Context, args: &[Arg]) -> RedisResult {
     };
     // A map in RESP3, a flat field-value array in RESP2, in a fixed field order.
     let ctx = ctx.get_raw();
-    let waiters = blocking::waiting(blocking::selected_db(ctx), name.as_bytes());
-    let fields: [(&str, Field); 5] = [
+    let db = blocking::selected_db(ctx);
+    let waiters = blocking::waiting(db, name.as_bytes());
+    let session = session::is_bound(db, name.as_bytes(), &hold.owner, hold.token);
+    let fields: [(&str, Field); 6] = [
         ("owner", Field::Bytes(&hold.owner)),
         ("token", Field::Int(hold.token)),
         ("ttl", Field::Int(hold.lease_end.saturating_sub(now))),
@@ -29,6 +32,7 @@ pub fn run(ctx: &Context, args: &[Arg]) -> RedisResult {
             "waiters",
             Field::Int(i64::try_from(waiters).unwrap_or(i64::MAX)),
         ),
+        ("session", Field::Int(i64::from(session))),
     ];
     unsafe {
         let (Some(map), Some(bulk), Some(int)) = (

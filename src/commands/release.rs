@@ -7,6 +7,7 @@ use super::{Arg, now_ms, parse_owner};
 use crate::blocking;
 use crate::key::LockKey;
 use crate::metrics::{self, events};
+use crate::session;
 
 struct ReleaseArgs<'a> {
     key: &'a Arg,
@@ -38,10 +39,11 @@ pub fn run(ctx: &Context, args: &[Arg]) -> RedisResult {
     };
     apply::replicate(ctx, args.key, OwnerRef::Arg(args.owner), state);
     metrics::RELEASES.incr();
+    let db = blocking::selected_db(ctx.get_raw());
     if state.count == 0 {
         metrics::notify(ctx.get_raw(), events::RELEASED, args.key.raw());
+        session::unbind(db, args.key.as_bytes(), args.owner.as_bytes());
     }
-    let db = blocking::selected_db(ctx.get_raw());
     if state.count == 0 && blocking::waiting(db, args.key.as_bytes()) > 0 {
         // Hand over in this same command, so nobody can take the lock in between, and in the
         // same key: deleting and re-creating it would make Redis offer the key to every

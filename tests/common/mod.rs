@@ -407,7 +407,7 @@ pub fn info_fields(c: &mut Connection, key: &str) -> Option<Vec<(String, String)
                 .iter()
                 .map(|v| redis::from_redis_value::<String>(v).expect("field"))
                 .collect();
-            let names = ["owner", "token", "ttl", "holds", "waiters"];
+            let names = ["owner", "token", "ttl", "holds", "waiters", "session"];
             let pairs: Vec<(String, String)> = strings
                 .chunks(2)
                 .map(|p| (p[0].clone(), p.get(1).cloned().unwrap_or_default()))
