@@ -228,15 +228,33 @@ fn arm_lease_timer(ctx: *mut raw::RedisModuleCtx, db: c_int, key: &[u8], at: i64
     });
 }
 
+/// Select database `db` and make a key name for it: for contexts that did not come from a
+/// client's command on that key (timers, jobs, events). Keep the string while the key is used.
+pub fn key_name(ctx: *mut raw::RedisModuleCtx, db: c_int, name: &[u8]) -> RedisString {
+    if let Some(select) = unsafe { raw::RedisModule_SelectDb } {
+        unsafe { select(ctx, db) };
+    }
+    RedisString::create_from_slice(ctx, name)
+}
+
+/// Write back a lock that just lost a hold: with waiters, hand it over in the same step and in
+/// the same key (deleting and re-creating it would make Redis offer the key to every blocked
+/// client in turn); otherwise commit it (deleting it when no hold is left).
+pub fn released(ctx: &Context, mut key: LockKey, db: c_int, name: &[u8]) {
+    if waiting(db, name) > 0 {
+        drop(key);
+        serve(ctx, db, name);
+    } else {
+        key.commit();
+    }
+}
+
 /// Hand `key` to its waiters, first come first served, for as long as the next one can have
 /// it; then arm the timer for the holder's lease end. A lock left with no hold (released for
 /// a hand-over that found nobody left waiting) is deleted.
 pub fn serve(ctx: &Context, db: c_int, name: &[u8]) {
     let raw_ctx = ctx.get_raw();
-    if let Some(select) = unsafe { raw::RedisModule_SelectDb } {
-        unsafe { select(raw_ctx, db) };
-    }
-    let key_string = RedisString::create_from_slice(raw_ctx, name);
+    let key_string = key_name(raw_ctx, db, name);
     let key_arg = Arg::from_raw(key_string.inner);
     loop {
         let head = match front_waiter(db, name) {

@@ -9,7 +9,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::os::raw::{c_int, c_void};
 
-use redis_module::{Context, RedisString, raw};
+use redis_module::{Context, raw};
 
 use crate::blocking;
 use crate::commands::Arg;
@@ -23,6 +23,16 @@ struct HoldId {
     db: c_int,
     key: Box<[u8]>,
     owner: Box<[u8]>,
+}
+
+impl HoldId {
+    fn new(db: c_int, key: &[u8], owner: &[u8]) -> Self {
+        HoldId {
+            db,
+            key: key.into(),
+            owner: owner.into(),
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -85,11 +95,7 @@ pub fn bind(
     lease_end: i64,
     now: i64,
 ) {
-    let id = HoldId {
-        db,
-        key: key.into(),
-        owner: owner.into(),
-    };
+    let id = HoldId::new(db, key, owner);
     with_sessions(|s| {
         let binding = Binding {
             client,
@@ -124,11 +130,7 @@ pub fn lease_changed(db: c_int, key: &[u8], owner: &[u8], token: i64, lease_end:
         if s.holds.is_empty() {
             return;
         }
-        let id = HoldId {
-            db,
-            key: key.into(),
-            owner: owner.into(),
-        };
+        let id = HoldId::new(db, key, owner);
         if let Some(binding) = s.holds.get_mut(&id).filter(|b| b.token == token) {
             binding.lease_end = lease_end;
         }
@@ -141,11 +143,7 @@ pub fn unbind(db: c_int, key: &[u8], owner: &[u8]) {
         if s.holds.is_empty() {
             return;
         }
-        let id = HoldId {
-            db,
-            key: key.into(),
-            owner: owner.into(),
-        };
+        let id = HoldId::new(db, key, owner);
         if let Some(binding) = s.holds.remove(&id) {
             s.drop_from_client(binding.client, &id);
         }
@@ -158,11 +156,7 @@ pub fn is_bound(db: c_int, key: &[u8], owner: &[u8], token: i64) -> bool {
         if s.holds.is_empty() {
             return false;
         }
-        let id = HoldId {
-            db,
-            key: key.into(),
-            owner: owner.into(),
-        };
+        let id = HoldId::new(db, key, owner);
         s.holds.get(&id).is_some_and(|b| b.token == token)
     })
 }
@@ -217,10 +211,7 @@ unsafe extern "C" fn on_release_timer(ctx: *mut raw::RedisModuleCtx, data: *mut 
 /// Give back every hold of `id` if it still carries `token`, and hand the lock over.
 fn release(ctx: &Context, id: &HoldId, token: i64) {
     let raw_ctx = ctx.get_raw();
-    if let Some(select) = unsafe { raw::RedisModule_SelectDb } {
-        unsafe { select(raw_ctx, id.db) };
-    }
-    let name = RedisString::create_from_slice(raw_ctx, &id.key);
+    let name = blocking::key_name(raw_ctx, id.db, &id.key);
     let key_arg = Arg::from_raw(name.inner);
     let mut key = LockKey::open_write(ctx, &key_arg);
     let Ok(Some(lock)) = key.lock() else { return };
@@ -239,12 +230,7 @@ fn release(ctx: &Context, id: &HoldId, token: i64) {
     apply::replicate(ctx, &key_arg, OwnerRef::Bytes(&id.owner), removed);
     metrics::RELEASES.incr();
     metrics::notify(raw_ctx, events::RELEASED, key_arg.raw());
-    if blocking::waiting(id.db, &id.key) > 0 {
-        drop(key);
-        blocking::serve(ctx, id.db, &id.key);
-    } else {
-        key.commit();
-    }
+    blocking::released(ctx, key, id.db, &id.key);
 }
 
 /// Subscribe to client disconnections; called once at load.

@@ -464,7 +464,6 @@ fn grants_on_wake_up_replicate_exactly() {
         info(&mut r, "expiring").map(|i| (i.0, i.1)),
         Some(("w2".into(), t2))
     );
-    let digest = |c: &mut Connection| -> String { cmd("DEBUG").arg("DIGEST").query(c).unwrap() };
     assert_eq!(digest(&mut r), digest(&mut m));
 }
 

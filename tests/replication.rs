@@ -4,10 +4,6 @@ mod common;
 
 use common::*;
 
-fn digest(c: &mut Connection) -> String {
-    cmd("DEBUG").arg("DIGEST").query(c).unwrap()
-}
-
 #[test]
 fn a_replica_mirrors_every_operation() {
     let master = Server::start();

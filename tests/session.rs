@@ -139,7 +139,6 @@ fn session_releases_reach_the_replica_and_a_reload_keeps_the_hold() {
     let mut r = replica.client();
     assert_eq!(info(&mut r, "gone"), None);
     assert_eq!(info(&mut r, "kept"), None);
-    let digest = |c: &mut Connection| -> String { cmd("DEBUG").arg("DIGEST").query(c).unwrap() };
     assert_eq!(digest(&mut r), digest(&mut m));
 }
 

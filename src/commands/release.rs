@@ -43,13 +43,7 @@ pub fn run(ctx: &Context, args: &[Arg]) -> RedisResult {
     if state.count == 0 {
         metrics::notify(ctx.get_raw(), events::RELEASED, args.key.raw());
         session::unbind(db, args.key.as_bytes(), args.owner.as_bytes());
-    }
-    if state.count == 0 && blocking::waiting(db, args.key.as_bytes()) > 0 {
-        // Hand over in this same command, so nobody can take the lock in between, and in the
-        // same key: deleting and re-creating it would make Redis offer the key to every
-        // blocked client in turn.
-        drop(key);
-        blocking::serve(ctx, db, args.key.as_bytes());
+        blocking::released(ctx, key, db, args.key.as_bytes());
     } else {
         key.commit();
     }

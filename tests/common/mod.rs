@@ -291,6 +291,11 @@ pub fn fail_over(master: &mut Server, replica: &Server) -> Connection {
     r
 }
 
+/// `DEBUG DIGEST`: equal on two servers when their datasets are.
+pub fn digest(c: &mut Connection) -> String {
+    cmd("DEBUG").arg("DIGEST").query(c).expect("DEBUG DIGEST")
+}
+
 /// Make `replica` replicate `master` and wait until the link is up.
 pub fn replicate_from(replica: &Server, master: &Server) {
     let mut r = replica.client();
