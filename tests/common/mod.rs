@@ -16,6 +16,10 @@ pub use redis::{Connection, RedisResult, Value, cmd};
 
 static NEXT_DIR: AtomicUsize = AtomicUsize::new(0);
 
+/// Longer than any reply a test waits for (the longest blocking waits are a few seconds, the
+/// torture run's big scripts well under a minute).
+const REPLY_TIMEOUT: Duration = Duration::from_secs(120);
+
 pub fn module_path() -> PathBuf {
     match std::env::var_os("DLOCK_MODULE") {
         Some(p) => PathBuf::from(p),
@@ -155,14 +159,22 @@ impl Server {
         redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))?.get_connection()
     }
 
+    /// A connection whose reads give up after `REPLY_TIMEOUT`: a stuck server fails the test
+    /// instead of hanging the whole run.
     pub fn client(&self) -> Connection {
-        self.try_client().expect("connect to the test server")
+        let c = self.try_client().expect("connect to the test server");
+        c.set_read_timeout(Some(REPLY_TIMEOUT))
+            .expect("set a read timeout");
+        c
     }
 
     pub fn client_resp3(&self) -> Connection {
-        redis::Client::open(format!("redis://127.0.0.1:{}/?protocol=resp3", self.port))
+        let c = redis::Client::open(format!("redis://127.0.0.1:{}/?protocol=resp3", self.port))
             .and_then(|c| c.get_connection())
-            .expect("connect to the test server with RESP3")
+            .expect("connect to the test server with RESP3");
+        c.set_read_timeout(Some(REPLY_TIMEOUT))
+            .expect("set a read timeout");
+        c
     }
 
     pub fn pid(&self) -> u32 {
