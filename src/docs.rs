@@ -26,6 +26,27 @@ pub struct Arg {
     /// The keyword before an optional argument (`WAIT timeout_ms`).
     pub token: Option<&'static CStr>,
     pub summary: &'static CStr,
+    /// Optional and may repeat (`arg ...`).
+    pub multiple: bool,
+}
+
+/// Where keys are, in `REDISMODULE_KSPEC_BS_INDEX` / `REDISMODULE_KSPEC_FK_RANGE` terms.
+pub struct KeySpec {
+    /// `REDISMODULE_CMD_KEY_*` flags.
+    pub flags: u32,
+    /// The argument the first key is at.
+    pub begin: c_int,
+    /// The last key relative to the first: 0 for one key, -1 for every argument to the end.
+    pub last: c_int,
+}
+
+/// One key, the first argument.
+const fn first_key(flags: u32) -> [KeySpec; 1] {
+    [KeySpec {
+        flags,
+        begin: 1,
+        last: 0,
+    }]
 }
 
 pub struct Doc {
@@ -33,8 +54,7 @@ pub struct Doc {
     pub complexity: &'static CStr,
     /// Redis's convention: N exactly N arguments (command name included), -N at least N.
     pub arity: c_int,
-    /// `REDISMODULE_CMD_KEY_*` flags of the one key, the first argument.
-    pub key_flags: u32,
+    pub key_specs: &'static [KeySpec],
     pub args: &'static [Arg],
 }
 
@@ -44,6 +64,7 @@ const fn arg(name: &'static CStr, kind: ArgKind, summary: &'static CStr) -> Arg 
         kind,
         token: None,
         summary,
+        multiple: false,
     }
 }
 
@@ -60,12 +81,13 @@ const TTL: Arg = arg(
 );
 
 const RW_UPDATE: u32 = raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_UPDATE;
+const RO_ACCESS: u32 = raw::REDISMODULE_CMD_KEY_RO | raw::REDISMODULE_CMD_KEY_ACCESS;
 
 pub const ACQUIRE: Doc = Doc {
     summary: c"Takes a lock for an owner with a lease, returning a fencing token; optionally waits in line for it.",
     complexity: c"O(1)",
     arity: -4,
-    key_flags: RW_UPDATE,
+    key_specs: &first_key(RW_UPDATE),
     args: &[
         KEY,
         OWNER,
@@ -75,12 +97,14 @@ pub const ACQUIRE: Doc = Doc {
             kind: ArgKind::Integer,
             token: Some(c"WAIT"),
             summary: c"Block until granted or this many milliseconds pass (0: forever).",
+            multiple: false,
         },
         Arg {
             name: c"session",
             kind: ArgKind::PureToken,
             token: Some(c"SESSION"),
             summary: c"End the hold when this connection closes.",
+            multiple: false,
         },
     ],
 };
@@ -89,7 +113,7 @@ pub const RELEASE: Doc = Doc {
     summary: c"Gives back one hold of a lock; at zero holds the lock is freed or handed to the first waiter.",
     complexity: c"O(1)",
     arity: 3,
-    key_flags: raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_DELETE,
+    key_specs: &first_key(raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_DELETE),
     args: &[KEY, arg(c"owner", ArgKind::String, c"The owner that holds the lock.")],
 };
 
@@ -97,7 +121,7 @@ pub const EXTEND: Doc = Doc {
     summary: c"Sets the lease of a lock held by the owner to a new length from now.",
     complexity: c"O(1)",
     arity: 4,
-    key_flags: RW_UPDATE,
+    key_specs: &first_key(RW_UPDATE),
     args: &[
         KEY,
         arg(c"owner", ArgKind::String, c"The owner that holds the lock."),
@@ -109,8 +133,46 @@ pub const INFO: Doc = Doc {
     summary: c"Returns a lock's owner, fencing token, lease left, hold count and waiters.",
     complexity: c"O(1)",
     arity: 2,
-    key_flags: raw::REDISMODULE_CMD_KEY_RO | raw::REDISMODULE_CMD_KEY_ACCESS,
+    key_specs: &first_key(RO_ACCESS),
     args: &[KEY],
+};
+
+pub const GUARD: Doc = Doc {
+    summary: c"Runs a command only while a lock is held with the given fencing token, atomically with the check.",
+    complexity: c"O(1) plus the complexity of the command.",
+    arity: -4,
+    key_specs: &[
+        KeySpec {
+            flags: RO_ACCESS,
+            begin: 1,
+            last: 0,
+        },
+        // The command's own keys, found through the getkeys API with their real flags; RW
+        // is the conservative default for readers of the spec alone.
+        KeySpec {
+            flags: raw::REDISMODULE_CMD_KEY_RW
+                | raw::REDISMODULE_CMD_KEY_INCOMPLETE
+                | raw::REDISMODULE_CMD_KEY_VARIABLE_FLAGS,
+            begin: 4,
+            last: -1,
+        },
+    ],
+    args: &[
+        arg(c"lockkey", ArgKind::Key, c"The lock that fences the command."),
+        arg(
+            c"token",
+            ArgKind::Integer,
+            c"The fencing token the lock must be held with.",
+        ),
+        arg(c"command", ArgKind::String, c"The command to run."),
+        Arg {
+            name: c"arg",
+            kind: ArgKind::String,
+            token: None,
+            summary: c"The command's arguments.",
+            multiple: true,
+        },
+    ],
 };
 
 pub const APPLY: Doc = Doc {
@@ -118,7 +180,7 @@ pub const APPLY: Doc = Doc {
         c"Internal: sets one hold of a lock as a master decided it (replication and AOF only).",
     complexity: c"O(1)",
     arity: 6,
-    key_flags: RW_UPDATE,
+    key_specs: &first_key(RW_UPDATE),
     args: &[
         KEY,
         arg(c"owner", ArgKind::String, c"The hold's owner."),
@@ -159,26 +221,30 @@ pub fn set(command: *mut raw::RedisModuleCommand, doc: &Doc) -> Result<(), &'sta
         sizeof_keyspec: size_of::<raw::RedisModuleCommandKeySpec>(),
         sizeof_arg: size_of::<raw::RedisModuleCommandArg>(),
     };
-    let mut key_specs = [
-        raw::RedisModuleCommandKeySpec {
+    let mut key_specs: Vec<raw::RedisModuleCommandKeySpec> = doc
+        .key_specs
+        .iter()
+        .map(|spec| raw::RedisModuleCommandKeySpec {
             notes: ptr::null(),
-            flags: u64::from(doc.key_flags),
+            flags: u64::from(spec.flags),
             begin_search_type: raw::RedisModuleKeySpecBeginSearchType_REDISMODULE_KSPEC_BS_INDEX,
             bs: raw::RedisModuleCommandKeySpec__bindgen_ty_1 {
-                index: raw::RedisModuleCommandKeySpec__bindgen_ty_1__bindgen_ty_1 { pos: 1 },
+                index: raw::RedisModuleCommandKeySpec__bindgen_ty_1__bindgen_ty_1 {
+                    pos: spec.begin,
+                },
             },
             find_keys_type: raw::RedisModuleKeySpecFindKeysType_REDISMODULE_KSPEC_FK_RANGE,
             fk: raw::RedisModuleCommandKeySpec__bindgen_ty_2 {
                 range: raw::RedisModuleCommandKeySpec__bindgen_ty_2__bindgen_ty_1 {
-                    lastkey: 0,
+                    lastkey: spec.last,
                     keystep: 1,
                     limit: 0,
                 },
             },
-        },
-        // Both arrays end with a zeroed entry.
-        unsafe { std::mem::zeroed() },
-    ];
+        })
+        .collect();
+    // Both arrays end with a zeroed entry.
+    key_specs.push(unsafe { std::mem::zeroed() });
     let mut args: Vec<raw::RedisModuleCommandArg> = doc
         .args
         .iter()
@@ -193,7 +259,9 @@ pub fn set(command: *mut raw::RedisModuleCommand, doc: &Doc) -> Result<(), &'sta
             token: a.token.map_or(ptr::null(), c),
             summary: c(a.summary),
             since: ptr::null(),
-            flags: if a.token.is_some() {
+            flags: if a.multiple {
+                (raw::REDISMODULE_CMD_ARG_OPTIONAL | raw::REDISMODULE_CMD_ARG_MULTIPLE) as c_int
+            } else if a.token.is_some() {
                 raw::REDISMODULE_CMD_ARG_OPTIONAL as c_int
             } else {
                 raw::REDISMODULE_CMD_ARG_NONE as c_int

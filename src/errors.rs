@@ -30,3 +30,21 @@ pub fn err_ttl_above_max(limit: i64) -> String {
 pub fn err_too_many_waiters(limit: usize) -> String {
     format!("ERR too many clients wait for this lock (dlock.max-waiters is {limit})")
 }
+
+pub const ERR_TOKEN: &str = "ERR token must be a positive integer";
+pub const ERR_FENCE_NOT_HELD: &str = "ERR fenced write refused: the lock is not held";
+pub const ERR_FENCE_STALE: &str =
+    "ERR fenced write refused: stale token, the lock is held with a newer one";
+pub const ERR_FENCE_UNKNOWN: &str =
+    "ERR fenced write refused: no holder of the lock has this token";
+pub const ERR_GUARD_CALL: &str = "ERR DLOCK.GUARD could not run the command";
+
+/// The command inside `DLOCK.GUARD` may block, which a command run inside another cannot do.
+pub fn err_guard_blocking(command: &str) -> String {
+    format!("ERR DLOCK.GUARD cannot run '{command}': it may block")
+}
+
+/// The command inside `DLOCK.GUARD` cannot run inside another command (Redis's `noscript`).
+pub fn err_guard_noscript(command: &str) -> String {
+    format!("ERR DLOCK.GUARD cannot run '{command}': it cannot run inside another command")
+}

@@ -75,8 +75,9 @@ struct Command {
     doc: &'static docs::Doc,
 }
 
-/// Every command, its flags and categories. Each takes one key, its first argument.
-const COMMANDS: [Command; 5] = [
+/// Every command, its flags and categories. Each takes the lock's key as its first argument
+/// (`DLOCK.GUARD` declares its command's keys through the getkeys API).
+const COMMANDS: [Command; 6] = [
     Command {
         name: c"dlock.acquire",
         entry: entry!(commands::acquire::run),
@@ -104,6 +105,13 @@ const COMMANDS: [Command; 5] = [
         flags: c"readonly fast",
         acl: c"read fast",
         doc: &docs::INFO,
+    },
+    Command {
+        name: c"dlock.guard",
+        entry: entry!(commands::guard::run),
+        flags: c"write getkeys-api",
+        acl: c"write",
+        doc: &docs::GUARD,
     },
     Command {
         name: c"dlock.apply",
@@ -203,6 +211,10 @@ fn init(ctx: &Context, args: &[RedisString]) -> Status {
         return Status::Err;
     }
     if let Err(reason) = blocking::subscribe(ctx.get_raw()) {
+        ctx.log_warning(&format!("dlock: cannot load: {reason}"));
+        return Status::Err;
+    }
+    if let Err(reason) = commands::guard::subscribe(ctx.get_raw()) {
         ctx.log_warning(&format!("dlock: cannot load: {reason}"));
         return Status::Err;
     }

@@ -62,6 +62,17 @@ pub enum AcquireError {
     TooManyHolds,
 }
 
+/// Why a fenced write (`DLOCK.GUARD`) may not run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FenceError {
+    /// No hold is live: the lock is free or every lease has ended.
+    NotHeld,
+    /// A live hold carries a newer token: the caller's hold ended and the lock moved on.
+    Stale,
+    /// No live hold carries the token, and none is newer: it was never issued for this lock.
+    Unknown,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Lock {
     holds: Holds,
@@ -196,6 +207,22 @@ impl Lock {
         }
     }
 
+    /// Whether a live hold carries `token`: the check before a fenced write.
+    pub fn fence(&self, token: i64, now: i64) -> Result<(), FenceError> {
+        let mut newest = None;
+        for hold in self.holds().iter().filter(|h| h.is_live(now)) {
+            if hold.token == token {
+                return Ok(());
+            }
+            newest = newest.max(Some(hold.token));
+        }
+        match newest {
+            None => Err(FenceError::NotHeld),
+            Some(newest) if newest > token => Err(FenceError::Stale),
+            Some(_) => Err(FenceError::Unknown),
+        }
+    }
+
     /// Bytes this lock owns on the heap, for `MEMORY USAGE`.
     pub fn heap_size(&self) -> usize {
         self.holds.heap_size()
@@ -226,6 +253,29 @@ mod tests {
             Ok(Acquired::Granted(state)) => state,
             other => panic!("expected a grant, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn only_the_live_holds_token_passes_the_fence() {
+        let clock = TokenClock::new();
+        let mut lock = Lock::new();
+        assert_eq!(lock.fence(1, NOW), Err(FenceError::NotHeld));
+        let first = granted(&mut lock, b"a", &clock);
+        assert_eq!(lock.fence(first.token, NOW), Ok(()));
+        assert_eq!(lock.fence(first.token + 1, NOW), Err(FenceError::Unknown));
+        assert_eq!(
+            lock.fence(first.token, NOW + 1_000),
+            Err(FenceError::NotHeld)
+        );
+
+        lock.prune(NOW + 1_000);
+        let later = NOW + 1_000;
+        let second = match lock.acquire(b"b", later, later + 1_000, &clock) {
+            Ok(Acquired::Granted(state)) => state,
+            other => panic!("expected a grant, got {other:?}"),
+        };
+        assert_eq!(lock.fence(first.token, later), Err(FenceError::Stale));
+        assert_eq!(lock.fence(second.token, later), Ok(()));
     }
 
     #[test]

@@ -63,6 +63,9 @@ pub static EXTENDS_REJECTED: Counter = Counter::new();
 /// Holds whose lease ended before their owner released them: crashed or stalled clients.
 pub static LEASES_EXPIRED: Counter = Counter::new();
 pub static WAIT_TIMEOUTS: Counter = Counter::new();
+/// `DLOCK.GUARD` calls whose token passed the fence (the inner command ran) or did not.
+pub static GUARDS: Counter = Counter::new();
+pub static GUARDS_REFUSED: Counter = Counter::new();
 
 /// The `INFO dlock` section (fields appear as `dlock_<name>`).
 pub unsafe extern "C" fn info(ctx: *mut raw::RedisModuleInfoCtx, _for_crash_report: c_int) {
@@ -75,7 +78,7 @@ pub unsafe extern "C" fn info(ctx: *mut raw::RedisModuleInfoCtx, _for_crash_repo
     let (Some(section), Some(field)) = api else {
         return;
     };
-    let fields: [(&CStr, i64); 12] = [
+    let fields: [(&CStr, i64); 14] = [
         (c"locks", LOCKS.get()),
         (c"waiters", WAITERS.get()),
         (c"grants_immediate", GRANTS_IMMEDIATE.get()),
@@ -87,6 +90,8 @@ pub unsafe extern "C" fn info(ctx: *mut raw::RedisModuleInfoCtx, _for_crash_repo
         (c"extends_rejected", EXTENDS_REJECTED.get()),
         (c"leases_expired", LEASES_EXPIRED.get()),
         (c"wait_timeouts", WAIT_TIMEOUTS.get()),
+        (c"guards", GUARDS.get()),
+        (c"guards_refused", GUARDS_REFUSED.get()),
         (c"last_token", CLOCK.last()),
     ];
     unsafe {

@@ -187,6 +187,8 @@ fn info_dlock_counts_every_kind_of_event() {
             "dlock_extends_rejected",
             "dlock_leases_expired",
             "dlock_wait_timeouts",
+            "dlock_guards",
+            "dlock_guards_refused",
             "dlock_last_token",
         ]
     );
@@ -293,7 +295,7 @@ fn lock_events_are_published_as_keyspace_notifications() {
 fn command_docs_and_key_specs_describe_every_command() {
     let server = Server::start();
     let mut c = server.client();
-    let expected: [(&str, i64, &str, &[&str]); 5] = [
+    let expected: [(&str, i64, &str, &[&str]); 6] = [
         (
             "dlock.acquire",
             -4,
@@ -303,6 +305,12 @@ fn command_docs_and_key_specs_describe_every_command() {
         ("dlock.release", 3, "RW delete", &["key", "owner"]),
         ("dlock.extend", 4, "RW update", &["key", "owner", "ttl_ms"]),
         ("dlock.info", 2, "RO access", &["key"]),
+        (
+            "dlock.guard",
+            -4,
+            "RO access RW incomplete variable_flags",
+            &["lockkey", "token", "command", "arg"],
+        ),
         (
             "dlock.apply",
             6,
@@ -352,7 +360,8 @@ fn command_docs_and_key_specs_describe_every_command() {
 fn read_only_key_permissions_allow_info_but_not_writes() {
     let server = Server::start();
     let mut admin = server.client();
-    grant(&mut admin, "k", "w", 60_000);
+    let token = grant(&mut admin, "k", "w", 60_000);
+    let _: () = cmd("SET").arg("data").arg("v").query(&mut admin).unwrap();
     let _: () = cmd("ACL")
         .arg(&["SETUSER", "reader", "on", ">pw", "%R~*", "+@all"][..])
         .query(&mut admin)
@@ -366,8 +375,19 @@ fn read_only_key_permissions_allow_info_but_not_writes() {
         error_of(cmd("DLOCK.ACQUIRE").arg("k").arg("x").arg(10).query(&mut c)),
         error_of(cmd("DLOCK.RELEASE").arg("k").arg("w").query(&mut c)),
         error_of(cmd("DLOCK.EXTEND").arg("k").arg("w").arg(10).query(&mut c)),
+        // GUARD declares its command's keys with that command's flags.
+        error_of(
+            cmd("DLOCK.GUARD")
+                .arg(&["k", &token.to_string(), "SET", "data", "w"][..])
+                .query(&mut c),
+        ),
     ] {
         assert!(err.starts_with("NOPERM"), "{err}");
     }
+    let read: String = cmd("DLOCK.GUARD")
+        .arg(&["k", &token.to_string(), "GET", "data"][..])
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(read, "v");
     assert_eq!(info(&mut admin, "k").map(|i| i.0), Some("w".into()));
 }

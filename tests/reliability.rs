@@ -43,6 +43,17 @@ impl Rng {
     }
 }
 
+/// Where the safety checker's clients write with their tokens.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fence {
+    /// An in-process resource that refuses tokens below the highest it accepted (the
+    /// external-resource pattern).
+    Resource,
+    /// `DLOCK.GUARD key token RPUSH log:key token`: Redis itself refuses any token that is not
+    /// the live hold's.
+    Guard,
+}
+
 /// The fenced resource: remembers the highest token it accepted per key and refuses lower
 /// ones. In-process, so every write's outcome is recorded exactly.
 #[derive(Default)]
@@ -66,6 +77,37 @@ impl Resource {
         self.accepted += 1;
         true
     }
+
+    /// Count a write Redis decided on (it keeps the log itself).
+    fn count(&mut self, accepted: bool) {
+        if accepted {
+            self.accepted += 1;
+        } else {
+            self.rejected += 1;
+        }
+    }
+}
+
+/// A write through `DLOCK.GUARD`: whether Redis accepted it.
+fn guarded_write(c: &mut Connection, key: &str, token: i64) -> bool {
+    let reply: RedisResult<i64> = cmd("DLOCK.GUARD")
+        .arg(key)
+        .arg(token)
+        .arg("RPUSH")
+        .arg(format!("log:{key}"))
+        .arg(token)
+        .query(c);
+    match reply {
+        Ok(_) => true,
+        Err(e) => {
+            let text = format!("{} {}", e.code().unwrap_or(""), e.detail().unwrap_or(""));
+            assert!(
+                text.starts_with("ERR fenced write refused:"),
+                "guarded write: {text}"
+            );
+            false
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -87,6 +129,15 @@ fn issued_ms(token: i64) -> i64 {
 
 #[test]
 fn safety_checker_finds_no_violation_under_contention_and_pauses() {
+    safety_checker(Fence::Resource);
+}
+
+#[test]
+fn guarded_writes_accept_no_stale_token_under_contention_and_pauses() {
+    safety_checker(Fence::Guard);
+}
+
+fn safety_checker(fence: Fence) {
     let (clients, keys, grants_target): (usize, u64, usize) = if torture() {
         (48, 4, 100_000)
     } else {
@@ -135,13 +186,27 @@ fn safety_checker_finds_no_violation_under_contention_and_pauses() {
                     };
                     // Claim the resource, then maybe stall past the lease (a GC pause), then
                     // write again: that write must be refused if someone else got the lock.
-                    resource.lock().unwrap().write(&key, token);
+                    let write = |c: &mut Connection| match fence {
+                        Fence::Resource => resource.lock().unwrap().write(&key, token),
+                        Fence::Guard => {
+                            let accepted = guarded_write(c, &key, token);
+                            resource.lock().unwrap().count(accepted);
+                            accepted
+                        }
+                    };
+                    write(&mut c);
                     if rng.chance(10) {
                         thread::sleep(Duration::from_millis(ttl as u64 + 15));
+                        let accepted = write(&mut c);
+                        // Through GUARD an ended lease alone refuses the write.
+                        assert!(
+                            fence == Fence::Resource || !accepted,
+                            "guarded write accepted after the lease ended"
+                        );
                     } else {
                         thread::sleep(Duration::from_micros(rng.below(300)));
+                        write(&mut c);
                     }
-                    resource.lock().unwrap().write(&key, token);
                     grant.release_sent = Some(Instant::now());
                     let _: i64 = cmd("DLOCK.RELEASE")
                         .arg(&key)
@@ -159,7 +224,23 @@ fn safety_checker_finds_no_violation_under_contention_and_pauses() {
             .expect("every client finishes (no lost wake-up, no stuck waiter)");
     }
     let history = history.lock().unwrap().clone();
-    let resource = resource.lock().unwrap();
+    let mut resource = resource.lock().unwrap();
+    if fence == Fence::Guard {
+        // Redis's own log of accepted writes, in the order it ran them.
+        let mut c = server.client();
+        for key in 0..keys {
+            let key = format!("safety:{key}");
+            let log: Vec<i64> = cmd("LRANGE")
+                .arg(format!("log:{key}"))
+                .arg(0)
+                .arg(-1)
+                .query(&mut c)
+                .unwrap();
+            resource.log.insert(key, log);
+        }
+        let logged: usize = resource.log.values().map(Vec::len).sum();
+        assert_eq!(logged as u64, resource.accepted);
+    }
 
     // The resource never accepted a stale token: accepted tokens never go down.
     for (key, tokens) in &resource.log {
@@ -208,9 +289,13 @@ fn safety_checker_finds_no_violation_under_contention_and_pauses() {
             checked_pairs += 1;
         }
     }
+    let mode = match fence {
+        Fence::Resource => "in-process resource",
+        Fence::Guard => "DLOCK.GUARD",
+    };
     println!(
-        "safety: {} grants on {} locks by {clients} clients, {checked_pairs} successive pairs checked, \
-         0 violations; fenced writes accepted {} / refused as stale {}",
+        "safety ({mode}): {} grants on {} locks by {clients} clients, {checked_pairs} successive pairs checked, \
+         0 violations; fenced writes accepted {} / refused {}",
         history.len(),
         by_key.len(),
         resource.accepted,
@@ -338,7 +423,7 @@ fn replica_promotions_after_missed_writes_never_reissue_tokens() {
 
 /// Every reply a DLOCK command may give to any input: a result or a documented error.
 fn acceptable(reply: &RedisResult<Value>) -> bool {
-    const ERRORS: [&str; 14] = [
+    const ERRORS: [&str; 18] = [
         "ERR wrong number of arguments for",
         "ERR ttl must be a positive integer in milliseconds",
         "ERR ttl is too large: the lease end would overflow",
@@ -351,6 +436,10 @@ fn acceptable(reply: &RedisResult<Value>) -> bool {
         "ERR too many re-entries",
         "ERR DLOCK.APPLY is internal",
         "ERR DLOCK.APPLY arguments are out of range",
+        "ERR token must be a positive integer",
+        "ERR fenced write refused:",
+        "ERR DLOCK.GUARD cannot run",
+        "ERR DLOCK.GUARD could not run the command",
         "EXECABORT",
         // Redis says "calling Redis command", Valkey "calling command".
         "Wrong number of args calling",
@@ -426,6 +515,29 @@ fn fuzzed_commands_get_results_or_documented_errors_and_never_crash() {
         "DLOCK.EXTEND",
         "DLOCK.INFO",
         "DLOCK.APPLY",
+        "DLOCK.GUARD",
+    ];
+    // Commands a guard with the live token runs: whatever they reply is theirs to say.
+    let guarded = [
+        "SET",
+        "GET",
+        "INCR",
+        "DEL",
+        "RPUSH",
+        "BLPOP",
+        "XREAD",
+        "MULTI",
+        "EXEC",
+        "WATCH",
+        "SUBSCRIBE",
+        "EVAL",
+        "OBJECT",
+        "CLIENT",
+        "DLOCK.ACQUIRE",
+        "DLOCK.RELEASE",
+        "DLOCK.INFO",
+        "DLOCK.APPLY",
+        "DLOCK.GUARD",
     ];
     let keys = [
         "f:lock", "f:lock2", "f:string", "f:list", "f:hash", "f:set", "f:zset", "f:stream",
@@ -463,11 +575,18 @@ fn fuzzed_commands_get_results_or_documented_errors_and_never_crash() {
             .query(c)
             .unwrap();
     };
+    let guard_token = |c: &mut Connection| grant(c, "f:guard", "fuzzer", 3_600_000);
     setup(&mut c2);
+    let mut token = guard_token(&mut c2);
     let mut sent = 0u64;
     while sent < vectors {
         let name = commands[rng.below(commands.len() as u64) as usize];
         let mut command = cmd(name);
+        let passthrough = name == "DLOCK.GUARD" && rng.chance(50);
+        if passthrough {
+            let inner = guarded[rng.below(guarded.len() as u64) as usize];
+            command.arg("f:guard").arg(token).arg(inner);
+        }
         if rng.below(10) > 0 {
             command.arg(keys[rng.below(keys.len() as u64) as usize]);
         }
@@ -507,7 +626,10 @@ fn fuzzed_commands_get_results_or_documented_errors_and_never_crash() {
             _ => vec![command.query(conn)],
         };
         for reply in &replies {
-            assert!(acceptable(reply), "{name}: unexpected reply {reply:?}");
+            assert!(
+                passthrough || acceptable(reply),
+                "{name}: unexpected reply {reply:?}"
+            );
         }
         sent += 1;
         if sent.is_multiple_of(10_000) {
@@ -515,6 +637,7 @@ fn fuzzed_commands_get_results_or_documented_errors_and_never_crash() {
             assert_eq!(pong, "PONG");
             let _: () = cmd("FLUSHALL").query(&mut c2).unwrap();
             setup(&mut c2);
+            token = guard_token(&mut c2);
         }
     }
     // The lock state stays consistent: every lock key is of our type and INFO answers.

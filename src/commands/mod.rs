@@ -4,6 +4,7 @@
 pub mod acquire;
 pub mod apply;
 pub mod extend;
+pub mod guard;
 pub mod info;
 pub mod release;
 
