@@ -25,13 +25,10 @@ fn the_rust_example_runs() {
     assert_eq!(log, EXPECTED);
 }
 
-#[test]
-fn the_python_example_runs() {
+/// Run `examples/python/{name}` against a fresh server; its output lines.
+fn run_python(name: &str) -> Vec<String> {
     let server = Server::start();
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/examples/python/lock_pattern.py"
-    );
+    let script = format!("{}/examples/python/{name}", env!("CARGO_MANIFEST_DIR"));
     let output = Command::new("python3")
         .arg(script)
         .arg(server.port.to_string())
@@ -43,5 +40,24 @@ fn the_python_example_runs() {
         "{stdout}{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert_eq!(stdout.lines().collect::<Vec<_>>(), EXPECTED);
+    stdout.lines().map(str::to_string).collect()
+}
+
+#[test]
+fn the_python_example_runs() {
+    assert_eq!(run_python("lock_pattern.py"), EXPECTED);
+}
+
+#[test]
+fn the_python_session_and_guard_example_runs() {
+    assert_eq!(
+        run_python("session_and_guard.py"),
+        [
+            "node-a leads",
+            "node-a wrote v1",
+            "node-b leads, with a newer token",
+            "old token refused: stale token, the lock is held with a newer one",
+            "jobs:config is v2",
+        ]
+    );
 }

@@ -10,6 +10,13 @@ const RELEASE_SCRIPT: &str =
     "if redis.call('get',KEYS[1])==ARGV[1] then return redis.call('del',KEYS[1]) else return 0 end";
 const EXTEND_SCRIPT: &str = "if redis.call('get',KEYS[1])==ARGV[1] then \
      return redis.call('pexpire',KEYS[1],ARGV[2]) else return 0 end";
+/// The Lua fenced write: the lock key holds the token, checked before the SET.
+const GUARD_SCRIPT: &str = "if redis.call('get',KEYS[1])==ARGV[1] then \
+     return redis.call('set',KEYS[2],ARGV[2]) else return redis.error_reply('stale token') end";
+/// Where the token goes in a fenced-write command, once the lock is taken.
+const TOKEN: &str = "{token}";
+/// The token the Lua baseline's lock key holds.
+const LUA_TOKEN: &str = "4242";
 
 /// The server's user + system CPU time so far, in clock ticks (10 ms).
 fn server_cpu_ticks(server: &Server) -> f64 {
@@ -55,11 +62,20 @@ pub fn redis_benchmark(
     (rps, cpu_us)
 }
 
+/// What each side needs in the keyspace before it runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Prefill {
+    Nothing,
+    /// Every key of the keyspace held.
+    Locks,
+    /// One lock, `guard`, held; its token replaces `{token}` in the command.
+    Guard,
+}
+
 struct Pair {
     name: &'static str,
     baseline: &'static str,
-    /// Whether each side needs the keyspace full of held locks first.
-    prefill: bool,
+    prefill: Prefill,
     dlock: Vec<String>,
     base: Vec<String>,
 }
@@ -75,6 +91,11 @@ pub fn throughput(server: &Server, c: &mut Connection, sizes: &Sizes, figures: &
         .arg(EXTEND_SCRIPT)
         .query(c)
         .expect("load");
+    let guard_sha: String = cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(GUARD_SCRIPT)
+        .query(c)
+        .expect("load");
     let key = "lock:__rand_int__";
     let words = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let ttl = TTL_MS.to_string();
@@ -82,23 +103,45 @@ pub fn throughput(server: &Server, c: &mut Connection, sizes: &Sizes, figures: &
         Pair {
             name: "ACQUIRE",
             baseline: "SET NX PX",
-            prefill: false,
+            prefill: Prefill::Nothing,
             dlock: words(&["DLOCK.ACQUIRE", key, OWNER, &ttl]),
             base: words(&["SET", key, OWNER, "NX", "PX", &ttl]),
         },
         Pair {
             name: "RELEASE",
             baseline: "EVALSHA compare-and-delete",
-            prefill: true,
+            prefill: Prefill::Locks,
             dlock: words(&["DLOCK.RELEASE", key, OWNER]),
             base: words(&["EVALSHA", &release_sha, "1", key, OWNER]),
         },
         Pair {
             name: "EXTEND",
             baseline: "EVALSHA compare-and-pexpire",
-            prefill: true,
+            prefill: Prefill::Locks,
             dlock: words(&["DLOCK.EXTEND", key, OWNER, &ttl]),
             base: words(&["EVALSHA", &extend_sha, "1", key, OWNER, &ttl]),
+        },
+        Pair {
+            name: "GUARD + SET",
+            baseline: "EVALSHA token check + SET",
+            prefill: Prefill::Guard,
+            dlock: words(&[
+                "DLOCK.GUARD",
+                "guard",
+                TOKEN,
+                "SET",
+                "data:__rand_int__",
+                "v",
+            ]),
+            base: words(&[
+                "EVALSHA",
+                &guard_sha,
+                "2",
+                "guard",
+                "data:__rand_int__",
+                TOKEN,
+                "v",
+            ]),
         },
     ];
     for (pipeline, requests, label) in [
@@ -114,9 +157,18 @@ pub fn throughput(server: &Server, c: &mut Connection, sizes: &Sizes, figures: &
                     .enumerate()
                 {
                     flushall(c);
-                    if pair.prefill {
-                        populate(c, dlock, "lock:", 12, sizes.keyspace);
-                    }
+                    let token = match pair.prefill {
+                        Prefill::Nothing => String::new(),
+                        Prefill::Locks => {
+                            populate(c, dlock, "lock:", 12, sizes.keyspace);
+                            String::new()
+                        }
+                        Prefill::Guard => hold_guard(c, dlock),
+                    };
+                    let command: Vec<String> = command
+                        .iter()
+                        .map(|w| if w == TOKEN { token.clone() } else { w.clone() })
+                        .collect();
                     let args: Vec<&str> = command.iter().map(String::as_str).collect();
                     results[side].push(redis_benchmark(
                         server,
@@ -136,7 +188,7 @@ pub fn throughput(server: &Server, c: &mut Connection, sizes: &Sizes, figures: &
             let rps = |r: &Vec<(f64, f64)>| median(r.iter().map(|x| x.0).collect());
             let cpu = |r: &Vec<(f64, f64)>| median(r.iter().map(|x| x.1).collect());
             let target = match (pipeline, pair.name) {
-                (1, _) => None,
+                (1, _) | (_, "GUARD + SET") => None,
                 (_, "ACQUIRE") => Some(Target::RatioAtLeast(0.9)),
                 _ => Some(Target::RatioAtLeast(1.5)),
             };
@@ -168,5 +220,28 @@ pub fn throughput(server: &Server, c: &mut Connection, sizes: &Sizes, figures: &
             target: None,
             others: vec![],
         });
+    }
+}
+
+/// Take the lock `guard` for the fenced-write pair: with DLOCK, or as the Lua recipe's string
+/// holding a token. Returns the token.
+fn hold_guard(c: &mut Connection, dlock: bool) -> String {
+    if dlock {
+        let token: i64 = cmd("DLOCK.ACQUIRE")
+            .arg("guard")
+            .arg(OWNER)
+            .arg(TTL_MS)
+            .query(c)
+            .expect("take the guard lock");
+        token.to_string()
+    } else {
+        let _: () = cmd("SET")
+            .arg("guard")
+            .arg(LUA_TOKEN)
+            .arg("PX")
+            .arg(TTL_MS)
+            .query(c)
+            .expect("take the Lua guard lock");
+        LUA_TOKEN.to_string()
     }
 }
