@@ -249,6 +249,36 @@ pub fn released(ctx: &Context, mut key: LockKey, db: c_int, name: &[u8]) {
     }
 }
 
+/// Whether this node may grant `key` now. Outside a cluster, always. In a cluster, a key that
+/// is gone may have been migrated away (`MIGRATE` deletes it here) or its slot may be moving
+/// or lost: only grant where Redis itself would accept a command on the key, which
+/// `RedisModule_Call` checks. Waiters left here are redirected by Redis (`MOVED`,
+/// `CLUSTERDOWN`) once the slot is gone.
+fn served_here(ctx: &Context, key: &Arg) -> bool {
+    let raw_ctx = ctx.get_raw();
+    let flags = match unsafe { raw::RedisModule_GetContextFlags } {
+        Some(flags) => unsafe { flags(raw_ctx) },
+        None => 0,
+    };
+    if flags & raw::REDISMODULE_CTX_FLAGS_CLUSTER as c_int == 0 {
+        return true;
+    }
+    if !matches!(LockKey::open_read(ctx, key).lock(), Ok(None)) {
+        return true;
+    }
+    let (Some(call), Some(free)) =
+        (unsafe { (raw::RedisModule_Call, raw::RedisModule_FreeCallReply) })
+    else {
+        return false;
+    };
+    let reply = unsafe { call(raw_ctx, c"EXISTS".as_ptr(), c"s".as_ptr(), key.raw()) };
+    if reply.is_null() {
+        return false;
+    }
+    unsafe { free(reply) };
+    true
+}
+
 /// Hand `key` to its waiters, first come first served, for as long as the next one can have
 /// it; then arm the timer for the holder's lease end. A lock left with no hold (released for
 /// a hand-over that found nobody left waiting) is deleted.
@@ -256,6 +286,9 @@ pub fn serve(ctx: &Context, db: c_int, name: &[u8]) {
     let raw_ctx = ctx.get_raw();
     let key_string = key_name(raw_ctx, db, name);
     let key_arg = Arg::from_raw(key_string.inner);
+    if !served_here(ctx, &key_arg) {
+        return;
+    }
     loop {
         let head = match front_waiter(db, name) {
             Ok(head) => head,

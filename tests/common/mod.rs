@@ -5,6 +5,8 @@
 //! from `DLOCK_MODULE` (default `target/release/libdlock.so`, built by `make test`).
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -99,8 +101,16 @@ impl Server {
 
     fn launch_on_free_port(&mut self) {
         // Another test may take the port between our probe and the server's bind: retry.
+        let cluster = self
+            .config
+            .iter()
+            .any(|(k, v)| k == "cluster-enabled" && v == "yes");
         for _ in 0..20 {
-            self.port = free_port();
+            self.port = if cluster {
+                free_cluster_port()
+            } else {
+                free_port()
+            };
             if self.launch() {
                 return;
             }
@@ -144,9 +154,19 @@ impl Server {
                 return false;
             }
             if let Ok(mut c) = self.try_client() {
-                let loading: RedisResult<String> = cmd("PING").query(&mut c);
-                if loading.is_ok() {
-                    return true;
+                // Another test's server may have taken the port first, and then answers in
+                // ours' place: only our own process counts.
+                let info: RedisResult<String> = cmd("INFO").arg("server").query(&mut c);
+                if let Ok(info) = info {
+                    let pid = self.child.as_ref().map(Child::id);
+                    let answering = info
+                        .lines()
+                        .find_map(|l| l.strip_prefix("process_id:"))
+                        .and_then(|v| v.trim().parse::<u32>().ok());
+                    let loaded = cmd("PING").query::<String>(&mut c).is_ok();
+                    if answering.is_some() && answering == pid && loaded {
+                        return true;
+                    }
                 }
             }
             sleep(Duration::from_millis(10));
@@ -175,6 +195,10 @@ impl Server {
         c.set_read_timeout(Some(REPLY_TIMEOUT))
             .expect("set a read timeout");
         c
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     pub fn pid(&self) -> u32 {
@@ -243,6 +267,16 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("find a free port")
+}
+
+/// A free port whose cluster bus port (+10000) is free too.
+fn free_cluster_port() -> u16 {
+    loop {
+        let port = free_port();
+        if port <= 55_535 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Poll `condition` every few milliseconds until it holds, failing the test after 10 s.

@@ -1,0 +1,293 @@
+//! dlock on a real Redis Cluster (3 masters, 3 replicas, on loopback): routing by key, hash
+//! tags, cluster clients, resharding with locks held and waiters queued, tokens across
+//! shards, failover.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::cluster::Cluster;
+use common::*;
+use redis::cluster::ClusterClient;
+
+/// Read the reply a blocked client gets, failing the test if none comes within `within`.
+fn reply_within(c: &mut Connection, within: Duration) -> RedisResult<Value> {
+    c.set_read_timeout(Some(within)).unwrap();
+    let reply = c.recv_response();
+    if let Err(e) = &reply {
+        assert!(!e.is_timeout(), "no reply within {within:?}");
+    }
+    reply.and_then(Value::extract_error)
+}
+
+fn last_token(c: &mut Connection) -> i64 {
+    let info: String = cmd("INFO").arg("dlock").query(c).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("dlock_last_token:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("dlock_last_token")
+}
+
+/// Another master than `master`.
+fn other_master(cluster: &Cluster, master: usize) -> usize {
+    (0..3)
+        .map(|i| cluster.master_of(i * 6000))
+        .find(|m| *m != master)
+        .expect("another master")
+}
+
+#[test]
+fn commands_route_by_key_and_cluster_clients_work() {
+    let cluster = Cluster::start();
+    let client = ClusterClient::new(cluster.urls()).unwrap();
+    let mut c = client.get_connection().unwrap();
+    let mut tokens = vec![];
+    for i in 0..60 {
+        let key = format!("route:{i}");
+        let token: i64 = cmd("DLOCK.ACQUIRE")
+            .arg(&key)
+            .arg("w")
+            .arg(60_000)
+            .query(&mut c)
+            .unwrap();
+        tokens.push(token);
+        let extended: i64 = cmd("DLOCK.EXTEND")
+            .arg(&key)
+            .arg("w")
+            .arg(60_000)
+            .query(&mut c)
+            .unwrap();
+        assert_eq!(extended, 1);
+        let info: Vec<Value> = cmd("DLOCK.INFO").arg(&key).query(&mut c).unwrap();
+        assert_eq!(info[3], Value::Int(token));
+    }
+    // The locks are spread over every master.
+    for master in 0..3 {
+        let mut m = cluster.nodes[master].client();
+        let keys: i64 = cmd("DBSIZE").query(&mut m).unwrap();
+        assert!(keys > 0, "master {master} holds no lock");
+    }
+    // A node that does not serve the key redirects, as for any command.
+    let slot = cluster.slot("route:0");
+    let wrong = other_master(&cluster, cluster.master_of(slot));
+    let mut direct = cluster.nodes[wrong].client();
+    let owner_port = cluster.nodes[cluster.master_of(slot)].port;
+    assert_eq!(
+        error_of(cmd("DLOCK.INFO").arg("route:0").query(&mut direct)),
+        format!("MOVED {slot} 127.0.0.1:{owner_port}")
+    );
+
+    // Hash tags keep a lock and its data in one slot, so GUARD can fence the write; keys in
+    // different slots are refused by Redis itself.
+    let token: i64 = cmd("DLOCK.ACQUIRE")
+        .arg("{acct:7}:lock")
+        .arg("w")
+        .arg(60_000)
+        .query(&mut c)
+        .unwrap();
+    let guarded: String = cmd("DLOCK.GUARD")
+        .arg("{acct:7}:lock")
+        .arg(token)
+        .arg("SET")
+        .arg("{acct:7}:balance")
+        .arg(100)
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(guarded, "OK");
+    let lock_node = cluster.master_of(cluster.slot("{acct:7}:lock"));
+    let mut direct = cluster.nodes[lock_node].client();
+    assert_eq!(
+        error_of(
+            cmd("DLOCK.GUARD")
+                .arg("{acct:7}:lock")
+                .arg(token)
+                .arg("SET")
+                .arg("elsewhere")
+                .arg(1)
+                .query(&mut direct)
+        ),
+        "CROSSSLOT Keys in request don't hash to the same slot"
+    );
+
+    for i in 0..60 {
+        let released: i64 = cmd("DLOCK.RELEASE")
+            .arg(format!("route:{i}"))
+            .arg("w")
+            .query(&mut c)
+            .unwrap();
+        assert_eq!(released, 1);
+    }
+}
+
+#[test]
+fn the_python_cluster_example_runs() {
+    let cluster = Cluster::start();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/python/cluster.py");
+    let output = Command::new("python3")
+        .arg(script)
+        .arg(cluster.nodes[0].port.to_string())
+        .output()
+        .expect("run python3 (make deps installs redis-py)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        [
+            "locks on 3 masters",
+            "guarded write: OK",
+            "stale write refused",
+            "released 30 locks",
+        ]
+    );
+}
+
+#[test]
+fn resharding_moves_held_locks_and_redirects_their_waiters() {
+    let cluster = Cluster::start();
+    let key = "moving:lock";
+    let slot = cluster.slot(key);
+    let from = cluster.master_of(slot);
+    let to = other_master(&cluster, from);
+    let mut source = cluster.nodes[from].client();
+    let token = grant(&mut source, key, "holder", 60_000);
+    assert_eq!(grant(&mut source, key, "holder", 60_000), token);
+    let mut waiter = blocked_connection(&cluster.nodes[from], key, "waiter", 60_000, 0);
+    wait_until("the waiter to queue", || waiters(&mut source, key) == 1);
+
+    cluster.move_slot(slot, from, to);
+
+    // The waiter is not left hanging: Redis redirects it to the slot's new node.
+    let moved = error_of(reply_within(&mut waiter, Duration::from_secs(5)));
+    assert_eq!(
+        moved,
+        format!("MOVED {slot} 127.0.0.1:{}", cluster.nodes[to].port)
+    );
+    // The lock moved whole: owner, token, re-entries, the rest of its lease; nothing is left
+    // (or re-created for the waiter) on the old node.
+    let mut target = cluster.nodes[to].client();
+    let (owner, moved_token, ttl, holds) = info(&mut target, key).expect("the lock moved");
+    assert_eq!((owner.as_str(), moved_token, holds), ("holder", token, 2));
+    assert!((50_000..=60_000).contains(&ttl), "ttl {ttl}");
+    let left: i64 = cmd("DBSIZE").query(&mut source).unwrap();
+    assert_eq!(left, 0);
+    assert!(last_token(&mut target) >= token);
+
+    // And it works there as before.
+    assert_eq!(acquire(&mut target, key, "other", 1_000), Value::Nil);
+    assert_eq!(release(&mut target, key, "holder"), 1);
+    assert_eq!(release(&mut target, key, "holder"), 1);
+    let next = grant(&mut target, key, "next", 1_000);
+    assert!(next > token);
+}
+
+#[test]
+fn a_free_locks_next_token_on_its_new_shard_is_higher() {
+    let cluster = Cluster::start();
+    let key = "hot:lock";
+    let slot = cluster.slot(key);
+    let from = cluster.master_of(slot);
+    let to = other_master(&cluster, from);
+    let mut source = cluster.nodes[from].client();
+    // A burst of grants, so the old node's token clock runs ahead of its wall clock.
+    let mut pipe = redis::pipe();
+    for _ in 0..10_000 {
+        pipe.cmd("DLOCK.ACQUIRE").arg(key).arg("w").arg(60_000);
+        pipe.cmd("DLOCK.RELEASE").arg(key).arg("w");
+    }
+    let replies: Vec<i64> = pipe.query(&mut source).unwrap();
+    let last = replies.iter().step_by(2).copied().max().unwrap();
+    assert_eq!(info(&mut source, key), None);
+
+    // The slot moves with the lock free: no token travels with it.
+    cluster.move_slot(slot, from, to);
+    let mut target = cluster.nodes[to].client();
+    assert!(
+        last_token(&mut target) < last,
+        "the target never saw these tokens"
+    );
+    let next = grant(&mut target, key, "w", 60_000);
+    assert!(
+        next > last,
+        "token {next} on the new node is not above {last} from the old one"
+    );
+}
+
+#[test]
+fn failover_keeps_replicated_locks_and_never_reissues_a_token() {
+    let mut cluster = Cluster::start();
+
+    // Manual failover: the replica takes over with every lock, and serves waiters.
+    let key = "failover:lock";
+    let slot = cluster.slot(key);
+    let master = cluster.master_of(slot);
+    let replica = cluster.replica_of(master);
+    let mut m = cluster.nodes[master].client();
+    let token = grant(&mut m, key, "holder", 60_000);
+    let acked: i64 = cmd("WAIT").arg(1).arg(5_000).query(&mut m).unwrap();
+    assert_eq!(acked, 1);
+    let mut waiter = blocked_connection(&cluster.nodes[master], key, "waiter", 60_000, 0);
+    wait_until("the waiter to queue", || waiters(&mut m, key) == 1);
+    let mut r = cluster.nodes[replica].client();
+    let _: () = cmd("CLUSTER").arg("FAILOVER").query(&mut r).unwrap();
+    wait_until("the replica to take over", || {
+        cluster.master_of(slot) == replica
+    });
+    // A master turning replica unblocks its blocked clients with Redis's own error.
+    assert_eq!(
+        error_of(reply_within(&mut waiter, Duration::from_secs(5))),
+        "UNBLOCKED force unblock from blocking operation, instance state changed (master -> replica?)"
+    );
+    assert_eq!(
+        info(&mut r, key).map(|i| (i.0, i.1)),
+        Some(("holder".into(), token))
+    );
+    let mut queued = blocked_connection(&cluster.nodes[replica], key, "next", 60_000, 0);
+    wait_until("the waiter to queue", || waiters(&mut r, key) == 1);
+    assert_eq!(release(&mut r, key, "holder"), 1);
+    let Value::Int(next) = reply_within(&mut queued, Duration::from_secs(5)).unwrap() else {
+        panic!("the waiter was not granted");
+    };
+    assert!(next > token);
+
+    // kill -9 of a master: a grant acknowledged by a replica (ACQUIRE then WAIT) survives, and
+    // the promoted replica's tokens are above every token the dead master issued.
+    let key = "crash:lock";
+    let slot = cluster.slot(key);
+    let master = cluster.master_of(slot);
+    let replica = cluster.replica_of(master);
+    let mut m = cluster.nodes[master].client();
+    let token = grant(&mut m, key, "holder", 60_000);
+    let acked: i64 = cmd("WAIT").arg(1).arg(5_000).query(&mut m).unwrap();
+    assert_eq!(acked, 1);
+    for i in 0..1_000 {
+        grant(&mut m, &format!("{{crash:lock}}:{i}"), "unacked", 60_000);
+    }
+    let issued = last_token(&mut m);
+    cluster.nodes[master].kill9();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut r = cluster.nodes[replica].client();
+        let role: String = cmd("INFO").arg("replication").query(&mut r).unwrap();
+        if role.contains("role:master") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the replica was never promoted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cluster.wait_until_ok();
+    let mut r = cluster.nodes[replica].client();
+    assert_eq!(
+        info(&mut r, key).map(|i| (i.0, i.1)),
+        Some(("holder".into(), token))
+    );
+    let after = grant(&mut r, "{crash:lock}:new", "w", 60_000);
+    assert!(
+        after > issued,
+        "token {after} after failover is not above {issued}"
+    );
+}
