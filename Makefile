@@ -7,7 +7,7 @@ MODULE := target/release/libdlock.so
 
 export REDIS_SERVER
 
-.PHONY: deps build run test lint bench torture compat
+.PHONY: deps build run test lint bench torture compat cluster cluster-stop
 
 deps:
 	@sh scripts/deps.sh
@@ -41,3 +41,11 @@ torture: build
 # The whole suite against each server in SERVERS (or under COMPAT_DIR), as a matrix.
 compat: build
 	sh scripts/compat.sh
+
+# A local Redis Cluster (3 masters, 3 replicas on 127.0.0.1:30001-30006) with the module on
+# every node; prints how to connect. `make cluster-stop` stops it and drops its data.
+cluster: build
+	sh scripts/cluster.sh start
+
+cluster-stop:
+	sh scripts/cluster.sh stop

@@ -291,3 +291,116 @@ fn failover_keeps_replicated_locks_and_never_reissues_a_token() {
         "token {after} after failover is not above {issued}"
     );
 }
+
+#[test]
+fn redis_cli_reshard_moves_every_held_lock_intact() {
+    let cluster = Cluster::start();
+    let client = ClusterClient::new(cluster.urls()).unwrap();
+    let mut c = client.get_connection().unwrap();
+    let keys: Vec<String> = (0..300).map(|i| format!("reshard:{i}")).collect();
+    let mut before = vec![];
+    for (i, key) in keys.iter().enumerate() {
+        let token = grant_on(&mut c, key, "holder");
+        if i % 3 == 0 {
+            assert_eq!(grant_on(&mut c, key, "holder"), token);
+        }
+        before.push(cluster_info(&mut c, key));
+    }
+    let from = cluster.master_of(0);
+    let to = other_master(&cluster, from);
+    let cli = std::env::var("REDIS_CLI").unwrap_or_else(|_| "redis-cli".into());
+    let output = Command::new(cli)
+        .arg("--cluster")
+        .arg("reshard")
+        .arg(format!("127.0.0.1:{}", cluster.nodes[0].port))
+        .args(["--cluster-from", &cluster.node_id(from)])
+        .args(["--cluster-to", &cluster.node_id(to)])
+        .args(["--cluster-slots", "3000", "--cluster-yes"])
+        .output()
+        .expect("run redis-cli --cluster reshard");
+    assert!(
+        output.status.success(),
+        "reshard failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    cluster.wait_until_ok();
+    assert!(cluster.master_of(0) == to);
+    let mut moved = 0;
+    for (key, (owner, token, ttl, holds)) in keys.iter().zip(before) {
+        let (now_owner, now_token, now_ttl, now_holds) = cluster_info(&mut c, key);
+        assert_eq!(
+            (now_owner, now_token, now_holds),
+            (owner, token, holds),
+            "{key}"
+        );
+        assert!(
+            now_ttl <= ttl && now_ttl > ttl - 30_000,
+            "{key}: ttl {now_ttl}"
+        );
+        moved += usize::from(cluster.slot(key) < 3000);
+    }
+    assert!(moved > 0, "no lock was in the moved slots");
+    // Nothing of the moved slots stayed behind.
+    let mut source = cluster.nodes[from].client();
+    for slot in 0..3000 {
+        let count: i64 = cmd("CLUSTER")
+            .arg("COUNTKEYSINSLOT")
+            .arg(slot)
+            .query(&mut source)
+            .unwrap();
+        assert_eq!(count, 0, "slot {slot}");
+    }
+}
+
+#[test]
+fn a_grant_no_replica_acknowledged_is_lost_in_failover_but_its_token_is_never_reissued() {
+    let mut cluster = Cluster::start();
+    let key = "lost:lock";
+    let slot = cluster.slot(key);
+    let master = cluster.master_of(slot);
+    let replica = cluster.replica_of(master);
+    let mut m = cluster.nodes[master].client();
+    cut_off_replica(&cluster.nodes[replica], &mut m);
+    let token = grant(&mut m, key, "holder", 60_000);
+    // The durable-grant check fails: no replica has the grant.
+    let acked: i64 = cmd("WAIT").arg(1).arg(100).query(&mut m).unwrap();
+    assert_eq!(acked, 0);
+    cluster.nodes[master].kill9();
+    cluster.nodes[replica].signal("CONT");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut r = cluster.nodes[replica].client();
+        let role: String = cmd("INFO").arg("replication").query(&mut r).unwrap();
+        if role.contains("role:master") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the replica was never promoted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cluster.wait_until_ok();
+    let mut r = cluster.nodes[replica].client();
+    assert_eq!(info(&mut r, key), None, "the unacknowledged grant is gone");
+    let next = grant(&mut r, key, "next", 60_000);
+    assert!(next > token, "token {next} reissued at or below {token}");
+}
+
+fn grant_on(c: &mut redis::cluster::ClusterConnection, key: &str, owner: &str) -> i64 {
+    cmd("DLOCK.ACQUIRE")
+        .arg(key)
+        .arg(owner)
+        .arg(60_000)
+        .query(c)
+        .unwrap()
+}
+
+/// `DLOCK.INFO` through a cluster connection as (owner, token, ttl, holds).
+fn cluster_info(c: &mut redis::cluster::ClusterConnection, key: &str) -> (String, i64, i64, i64) {
+    let fields: Vec<Value> = cmd("DLOCK.INFO").arg(key).query(c).unwrap();
+    let int = |i: usize| match fields.get(i) {
+        Some(Value::Int(v)) => *v,
+        other => panic!("{key}: field {i} is {other:?}"),
+    };
+    let owner: String = redis::from_redis_value(&fields[1]).unwrap();
+    (owner, int(3), int(5), int(7))
+}

@@ -1,0 +1,76 @@
+#!/bin/sh
+# A local Redis Cluster with dlock on every node: 3 masters and 3 replicas on
+# 127.0.0.1:30001-30006 (CLUSTER_PORT moves the first port), data in target/cluster/.
+#
+#   make cluster         start it (or start it again, with its data), print how to connect
+#   make cluster-stop    stop it and remove its data
+set -eu
+
+base=${CLUSTER_PORT:-30001}
+server=${REDIS_SERVER:-redis-server}
+root=$(pwd)/target/cluster
+module=$(pwd)/target/release/libdlock.so
+ports=$(seq "$base" $((base + 5)))
+
+stop() {
+    for port in $ports; do
+        redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true
+    done
+    rm -rf "$root"
+    echo "cluster stopped"
+}
+
+start() {
+    created=yes
+    for port in $ports; do
+        mkdir -p "$root/$port"
+        [ -e "$root/$port/nodes.conf" ] || created=no
+        if ! redis-cli -p "$port" ping >/dev/null 2>&1; then
+            "$server" --port "$port" --bind 127.0.0.1 --dir "$root/$port" --daemonize yes \
+                --logfile redis.log --pidfile "$root/$port/redis.pid" \
+                --cluster-enabled yes --cluster-config-file nodes.conf \
+                --cluster-node-timeout 5000 --appendonly yes \
+                --loadmodule "$module"
+        fi
+    done
+    for port in $ports; do
+        tries=0
+        until redis-cli -p "$port" ping >/dev/null 2>&1; do
+            tries=$((tries + 1))
+            if [ "$tries" -gt 100 ]; then
+                echo "node $port did not start; see $root/$port/redis.log" >&2
+                exit 1
+            fi
+            sleep 0.1
+        done
+    done
+    if [ "$created" = no ]; then
+        # shellcheck disable=SC2046
+        redis-cli --cluster create $(for p in $ports; do printf '127.0.0.1:%s ' "$p"; done) \
+            --cluster-replicas 1 --cluster-yes >"$root/create.log"
+    fi
+    tries=0
+    until redis-cli -p "$base" cluster info | grep -q cluster_state:ok; do
+        tries=$((tries + 1))
+        if [ "$tries" -gt 300 ]; then
+            echo "the cluster did not come up; see $root/*/redis.log" >&2
+            exit 1
+        fi
+        sleep 0.1
+    done
+    cat <<MSG
+Redis Cluster with dlock: 3 masters + 3 replicas on 127.0.0.1:$base-$((base + 5)).
+
+  redis-cli -c -p $base DLOCK.ACQUIRE {orders}:lock worker-1 30000
+  redis-cli -c -p $base CLUSTER NODES
+  python3 examples/python/cluster.py $base
+
+Stop it (and drop its data) with: make cluster-stop
+MSG
+}
+
+case "${1:-start}" in
+    start) start ;;
+    stop) stop ;;
+    *) echo "usage: $0 [start|stop]" >&2; exit 2 ;;
+esac
