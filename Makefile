@@ -42,7 +42,7 @@ torture: build
 compat: build
 	sh scripts/compat.sh
 
-# A local Redis Cluster (3 masters, 3 replicas on 127.0.0.1:30001-30006) with the module on
+# A local Redis Cluster (3 masters, 3 replicas on 127.0.0.1:7001-7006) with the module on
 # every node; prints how to connect. `make cluster-stop` stops it and drops its data.
 cluster: build
 	sh scripts/cluster.sh start

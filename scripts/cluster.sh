@@ -1,12 +1,12 @@
 #!/bin/sh
 # A local Redis Cluster with dlock on every node: 3 masters and 3 replicas on
-# 127.0.0.1:30001-30006 (CLUSTER_PORT moves the first port), data in target/cluster/.
+# 127.0.0.1:7001-7006 (CLUSTER_PORT moves the first port), data in target/cluster/.
 #
 #   make cluster         start it (or start it again, with its data), print how to connect
 #   make cluster-stop    stop it and remove its data
 set -eu
 
-base=${CLUSTER_PORT:-30001}
+base=${CLUSTER_PORT:-7001}
 server=${REDIS_SERVER:-redis-server}
 root=$(pwd)/target/cluster
 module=$(pwd)/target/release/libdlock.so

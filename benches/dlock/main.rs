@@ -20,6 +20,7 @@
 //! `-- --smoke` runs everything on tiny sizes in seconds (CI uses it to keep this working);
 //! `-- --only SECTION` runs one section at full size.
 
+mod cluster;
 #[path = "../../tests/common/mod.rs"]
 mod common;
 mod contention;
@@ -127,7 +128,8 @@ pub fn flushall(c: &mut Connection) {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let smoke = args.iter().any(|a| a == "--smoke");
-    // `--only NAME` runs one section: throughput, memory, contention, expiry or scaling.
+    // `--only NAME` runs one section: throughput, memory, contention, expiry, scaling or
+    // cluster.
     let only = args
         .iter()
         .position(|a| a == "--only")
@@ -164,6 +166,9 @@ fn main() {
     }
     if run("scaling") {
         scaling::scaling(&server, &mut c, sizes, &mut figures);
+    }
+    if run("cluster") {
+        cluster::cluster(&server, &mut c, sizes, &mut figures);
     }
 
     let machine = format!("{}, Redis {version}", report::machine());

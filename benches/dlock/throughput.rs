@@ -41,25 +41,42 @@ pub fn redis_benchmark(
     requests: u64,
     words: &[&str],
 ) -> (f64, f64) {
-    let binary = std::env::var("REDIS_BENCHMARK").unwrap_or_else(|_| "redis-benchmark".into());
     let before = server_cpu_ticks(server);
-    let output = Command::new(binary)
-        .args(["-h", "127.0.0.1", "-p", &server.port.to_string()])
+    let rps = run_redis_benchmark(server.port, false, keyspace, pipeline, requests, words);
+    let cpu_us = (server_cpu_ticks(server) - before) * 10_000.0 / requests as f64;
+    (rps, cpu_us)
+}
+
+/// Requests per second of one redis-benchmark run against the server (or, with `cluster`,
+/// the cluster) at `port`, 50 connections.
+pub fn run_redis_benchmark(
+    port: u16,
+    cluster: bool,
+    keyspace: u64,
+    pipeline: u32,
+    requests: u64,
+    words: &[&str],
+) -> f64 {
+    let binary = std::env::var("REDIS_BENCHMARK").unwrap_or_else(|_| "redis-benchmark".into());
+    let mut command = Command::new(binary);
+    command.args(["-h", "127.0.0.1", "-p", &port.to_string()]);
+    if cluster {
+        command.arg("--cluster");
+    }
+    let output = command
         .args(["-c", "50", "-n", &requests.to_string()])
         .args(["-r", &keyspace.to_string()])
         .args(["-P", &pipeline.to_string(), "--csv"])
         .args(words)
         .output()
         .expect("run redis-benchmark (is redis-tools installed? run `make deps`)");
-    let cpu_us = (server_cpu_ticks(server) - before) * 10_000.0 / requests as f64;
     let stdout = String::from_utf8_lossy(&output.stdout);
-    let rps = stdout
+    stdout
         .lines()
         .last()
         .and_then(|line| line.split(',').nth(1))
         .and_then(|field| field.trim_matches('"').parse::<f64>().ok())
-        .unwrap_or_else(|| panic!("no result from redis-benchmark {words:?}: {stdout}"));
-    (rps, cpu_us)
+        .unwrap_or_else(|| panic!("no result from redis-benchmark {words:?}: {stdout}"))
 }
 
 /// What each side needs in the keyspace before it runs.

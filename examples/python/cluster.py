@@ -32,4 +32,4 @@ def main(port):
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 30001)
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 7001)
