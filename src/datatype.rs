@@ -14,16 +14,19 @@ use redis_module::raw;
 use crate::commands::apply;
 use crate::commands::now_ms;
 use crate::holds::Owner;
-use crate::lock::{Hold, Lock};
+use crate::lock::{Hold, HoldState, Lock, Mode};
 use crate::metrics;
 use crate::token::CLOCK;
 
 /// Module type names are exactly nine characters; this one is what `TYPE key` shows.
 const TYPE_NAME: &CStr = c"dlocklock";
 
-/// Encoding version 1: `holds` (unsigned), then per hold: owner (string), token (signed),
-/// count (unsigned), lease end in Unix ms (signed). The aux field: last token (signed).
-const ENCODING_VERSION: c_int = 1;
+/// Encoding version 2: `holds` (unsigned), then per hold: owner (string), token (signed),
+/// count (unsigned), lease end in Unix ms (signed), mode (unsigned: 0 exclusive, 2^32 − 1
+/// shared, otherwise a semaphore's limit). Version 1 (dlock before shared locks and
+/// semaphores) is the same without the mode: every hold exclusive. The aux field: last token
+/// (signed).
+const ENCODING_VERSION: c_int = 2;
 
 /// No more holds than this are reserved up front when loading, whatever a payload claims.
 const LOAD_RESERVE_LIMIT: usize = 16;
@@ -72,10 +75,10 @@ fn lock_ref<'a>(value: *const c_void) -> Option<&'a Lock> {
 }
 
 unsafe extern "C" fn rdb_load(rdb: *mut raw::RedisModuleIO, encver: c_int) -> *mut c_void {
-    if encver != ENCODING_VERSION {
+    if !(1..=ENCODING_VERSION).contains(&encver) {
         return ptr::null_mut();
     }
-    match load_lock(rdb) {
+    match load_lock(rdb, encver) {
         Some(lock) => {
             metrics::LOCKS.incr();
             Box::into_raw(Box::new(lock)).cast()
@@ -84,7 +87,7 @@ unsafe extern "C" fn rdb_load(rdb: *mut raw::RedisModuleIO, encver: c_int) -> *m
     }
 }
 
-fn load_lock(rdb: *mut raw::RedisModuleIO) -> Option<Lock> {
+fn load_lock(rdb: *mut raw::RedisModuleIO, encver: c_int) -> Option<Lock> {
     let count = usize::try_from(raw::load_unsigned(rdb).ok()?).ok()?;
     let mut holds = Vec::with_capacity(count.min(LOAD_RESERVE_LIMIT));
     for _ in 0..count {
@@ -92,16 +95,21 @@ fn load_lock(rdb: *mut raw::RedisModuleIO) -> Option<Lock> {
         let token = raw::load_signed(rdb).ok()?;
         let count = u32::try_from(raw::load_unsigned(rdb).ok()?).ok()?;
         let lease_end = raw::load_signed(rdb).ok()?;
+        let mode = match encver {
+            1 => Mode::Exclusive,
+            _ => Mode::from_code(u32::try_from(raw::load_unsigned(rdb).ok()?).ok()?),
+        };
         if owner.is_empty() || token <= 0 || count == 0 {
             return None;
         }
         CLOCK.observe(token);
-        holds.push(Hold {
-            owner,
+        let state = HoldState {
             token,
             count,
             lease_end,
-        });
+            mode,
+        };
+        holds.push(Hold::new(owner, state));
     }
     Some(Lock::from_holds(holds))
 }
@@ -114,6 +122,7 @@ unsafe extern "C" fn rdb_save(rdb: *mut raw::RedisModuleIO, value: *mut c_void) 
         raw::save_signed(rdb, hold.token);
         raw::save_unsigned(rdb, u64::from(hold.count));
         raw::save_signed(rdb, hold.lease_end);
+        raw::save_unsigned(rdb, u64::from(hold.mode().code()));
     }
 }
 
@@ -128,17 +137,20 @@ unsafe extern "C" fn aof_rewrite(
         return;
     };
     for hold in lock.holds() {
+        let mode = hold.mode();
         unsafe {
             emit(
                 aof,
                 apply::COMMAND.as_ptr(),
-                apply::FORMAT.as_ptr(),
+                apply::format(mode).as_ptr(),
                 key,
                 hold.owner.as_ptr().cast::<c_char>(),
                 hold.owner.len(),
                 hold.token,
                 i64::from(hold.count),
                 hold.lease_end,
+                apply::mode_word(mode).as_ptr(),
+                i64::from(apply::limit(mode)),
             )
         };
     }
@@ -166,6 +178,7 @@ unsafe extern "C" fn digest(md: *mut raw::RedisModuleDigest, value: *mut c_void)
             add_int(md, hold.token);
             add_int(md, i64::from(hold.count));
             add_int(md, hold.lease_end);
+            add_int(md, i64::from(hold.mode().code()));
             end(md);
         }
     }
@@ -206,7 +219,7 @@ unsafe extern "C" fn aux_save(rdb: *mut raw::RedisModuleIO, _when: c_int) {
 }
 
 unsafe extern "C" fn aux_load(rdb: *mut raw::RedisModuleIO, encver: c_int, _when: c_int) -> c_int {
-    if encver != ENCODING_VERSION {
+    if !(1..=ENCODING_VERSION).contains(&encver) {
         return raw::REDISMODULE_ERR as c_int;
     }
     match raw::load_signed(rdb) {

@@ -84,7 +84,7 @@ const RW_UPDATE: u32 = raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_UP
 const RO_ACCESS: u32 = raw::REDISMODULE_CMD_KEY_RO | raw::REDISMODULE_CMD_KEY_ACCESS;
 
 pub const ACQUIRE: Doc = Doc {
-    summary: c"Takes a lock for an owner with a lease, returning a fencing token; optionally waits in line for it.",
+    summary: c"Takes a lock (exclusive or shared) or semaphore permits for an owner with a lease, returning a fencing token; optionally waits in line.",
     complexity: c"O(1)",
     arity: -4,
     key_specs: &first_key(RW_UPDATE),
@@ -104,6 +104,27 @@ pub const ACQUIRE: Doc = Doc {
             kind: ArgKind::PureToken,
             token: Some(c"SESSION"),
             summary: c"End the hold when this connection closes.",
+            multiple: false,
+        },
+        Arg {
+            name: c"shared",
+            kind: ArgKind::PureToken,
+            token: Some(c"SHARED"),
+            summary: c"A shared (read) hold: any number at once, none with an exclusive one.",
+            multiple: false,
+        },
+        Arg {
+            name: c"limit",
+            kind: ArgKind::Integer,
+            token: Some(c"SEMAPHORE"),
+            summary: c"Permits of a counting semaphore of this many permits.",
+            multiple: false,
+        },
+        Arg {
+            name: c"permits",
+            kind: ArgKind::Integer,
+            token: Some(c"PERMITS"),
+            summary: c"How many permits to take (default 1).",
             multiple: false,
         },
     ],
@@ -130,7 +151,7 @@ pub const EXTEND: Doc = Doc {
 };
 
 pub const INFO: Doc = Doc {
-    summary: c"Returns a lock's owner, fencing token, lease left, hold count and waiters.",
+    summary: c"Returns a lock's owner, fencing token, lease left, hold count, waiters, mode and every holder.",
     complexity: c"O(1)",
     arity: 2,
     key_specs: &first_key(RO_ACCESS),
@@ -179,7 +200,7 @@ pub const APPLY: Doc = Doc {
     summary:
         c"Internal: sets one hold of a lock as a master decided it (replication and AOF only).",
     complexity: c"O(1)",
-    arity: 6,
+    arity: -6,
     key_specs: &first_key(RW_UPDATE),
     args: &[
         KEY,
@@ -195,6 +216,20 @@ pub const APPLY: Doc = Doc {
             ArgKind::UnixTimeMs,
             c"When the lease ends, Unix milliseconds.",
         ),
+        Arg {
+            name: c"shared",
+            kind: ArgKind::PureToken,
+            token: Some(c"SHARED"),
+            summary: c"A shared hold.",
+            multiple: false,
+        },
+        Arg {
+            name: c"limit",
+            kind: ArgKind::Integer,
+            token: Some(c"SEMAPHORE"),
+            summary: c"A semaphore hold, of a semaphore with this limit.",
+            multiple: false,
+        },
     ],
 };
 

@@ -15,6 +15,14 @@ pub const ERR_WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the w
 pub const ERR_TIMEOUT: &str = "ERR timeout must be a non-negative integer in milliseconds";
 pub const ERR_TIMEOUT_RANGE: &str = "ERR timeout is too large: the deadline would overflow";
 pub const ERR_BLOCK: &str = "ERR the server refused to block the client";
+pub const ERR_LIMIT: &str = "ERR limit must be an integer from 1 to 4294967294";
+pub const ERR_PERMITS: &str = "ERR permits must be a positive integer";
+pub const ERR_PERMITS_ABOVE_LIMIT: &str = "ERR permits exceed the semaphore's limit";
+pub const ERR_LIMIT_MISMATCH: &str = "ERR limit does not match the semaphore's limit";
+pub const ERR_NOT_A_LOCK: &str = "WRONGTYPE the key holds a semaphore, not a lock";
+pub const ERR_NOT_A_SEMAPHORE: &str = "WRONGTYPE the key holds a lock, not a semaphore";
+pub const ERR_UPGRADE: &str =
+    "ERR cannot upgrade: other owners hold the lock shared, and waiting for them would deadlock";
 
 /// The owner is longer than `dlock.max-owner-length`.
 pub fn err_owner_too_long(limit: usize) -> String {

@@ -148,12 +148,13 @@ mod tests {
     use super::*;
 
     fn hold(owner: &[u8], token: i64) -> Hold {
-        Hold {
-            owner: owner.into(),
+        let state = crate::lock::HoldState {
             token,
             count: 1,
             lease_end: 100,
-        }
+            mode: crate::lock::Mode::Exclusive,
+        };
+        Hold::new(owner.into(), state)
     }
 
     #[test]

@@ -15,7 +15,6 @@ use crate::blocking;
 use crate::commands::Arg;
 use crate::commands::apply::{self, OwnerRef};
 use crate::key::LockKey;
-use crate::lock::HoldState;
 use crate::metrics::{self, events};
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -137,14 +136,16 @@ pub fn lease_changed(db: c_int, key: &[u8], owner: &[u8], token: i64, lease_end:
     });
 }
 
-/// The hold ended by RELEASE: forget its binding.
-pub fn unbind(db: c_int, key: &[u8], owner: &[u8]) {
+/// The hold with `token` ended by RELEASE: forget its binding.
+pub fn unbind(db: c_int, key: &[u8], owner: &[u8], token: i64) {
     with_sessions(|s| {
         if s.holds.is_empty() {
             return;
         }
         let id = HoldId::new(db, key, owner);
-        if let Some(binding) = s.holds.remove(&id) {
+        if s.holds.get(&id).is_some_and(|b| b.token == token)
+            && let Some(binding) = s.holds.remove(&id)
+        {
             s.drop_from_client(binding.client, &id);
         }
     });
@@ -215,18 +216,9 @@ fn release(ctx: &Context, id: &HoldId, token: i64) {
     let key_arg = Arg::from_raw(name.inner);
     let mut key = LockKey::open_write(ctx, &key_arg);
     let Ok(Some(lock)) = key.lock() else { return };
-    let Some(hold) = lock
-        .holds()
-        .iter()
-        .find(|h| *h.owner == *id.owner && h.token == token)
-    else {
+    let Some(removed) = lock.remove(&id.owner, token) else {
         return;
     };
-    let removed = HoldState {
-        count: 0,
-        ..hold.state()
-    };
-    lock.apply(&id.owner, removed);
     apply::replicate(ctx, &key_arg, OwnerRef::Bytes(&id.owner), removed);
     metrics::RELEASES.incr();
     metrics::notify(raw_ctx, events::RELEASED, key_arg.raw());

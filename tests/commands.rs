@@ -293,11 +293,23 @@ fn info_is_a_map_in_resp3() {
         .collect();
     assert_eq!(
         names,
-        ["owner", "token", "ttl", "holds", "waiters", "session"]
+        [
+            "owner", "token", "ttl", "holds", "waiters", "session", "mode", "limit", "holders"
+        ]
     );
     assert_eq!(fields[0].1, Value::BulkString(b"w1".to_vec()));
     assert_eq!(fields[1].1, Value::Int(token));
     assert_eq!(fields[3].1, Value::Int(1));
+    assert_eq!(fields[6].1, Value::BulkString(b"exclusive".to_vec()));
+    assert_eq!(fields[7].1, Value::Int(0));
+    let Value::Array(holders) = &fields[8].1 else {
+        panic!("holders: {:?}", fields[8].1)
+    };
+    let [Value::Map(holder)] = &holders[..] else {
+        panic!("one holder, a map: {holders:?}")
+    };
+    assert_eq!(holder.len(), 6);
+    assert_eq!(holder[1].1, Value::Int(token));
     let missing: Value = cmd("DLOCK.INFO").arg("nope").query(&mut c).unwrap();
     assert_eq!(missing, Value::Nil);
 }
@@ -391,7 +403,7 @@ fn works_inside_multi_exec_and_lua() {
         .unwrap();
     assert!(token > 0);
     assert_eq!(refused, Value::Nil);
-    assert_eq!(info_reply.len(), 12);
+    assert_eq!(info_reply.len(), 18);
 
     let script = r#"
         local t = redis.call('DLOCK.ACQUIRE', KEYS[1], ARGV[1], 10000)

@@ -423,7 +423,7 @@ fn replica_promotions_after_missed_writes_never_reissue_tokens() {
 
 /// Every reply a DLOCK command may give to any input: a result or a documented error.
 fn acceptable(reply: &RedisResult<Value>) -> bool {
-    const ERRORS: [&str; 18] = [
+    const ERRORS: [&str; 24] = [
         "ERR wrong number of arguments for",
         "ERR ttl must be a positive integer in milliseconds",
         "ERR ttl is too large: the lease end would overflow",
@@ -437,6 +437,12 @@ fn acceptable(reply: &RedisResult<Value>) -> bool {
         "ERR DLOCK.APPLY is internal",
         "ERR DLOCK.APPLY arguments are out of range",
         "ERR token must be a positive integer",
+        "ERR limit must be an integer from 1 to 4294967294",
+        "ERR permits must be a positive integer",
+        "ERR permits exceed the semaphore's limit",
+        "ERR limit does not match the semaphore's limit",
+        "WRONGTYPE the key holds a",
+        "ERR cannot upgrade:",
         "ERR fenced write refused:",
         "ERR DLOCK.GUARD cannot run",
         "ERR DLOCK.GUARD could not run the command",
@@ -456,7 +462,7 @@ fn acceptable(reply: &RedisResult<Value>) -> bool {
 }
 
 fn fuzz_arg(rng: &mut Rng) -> Vec<u8> {
-    const WORDS: [&str; 24] = [
+    const WORDS: [&str; 28] = [
         "0",
         "-0",
         "+1",
@@ -481,6 +487,10 @@ fn fuzz_arg(rng: &mut Rng) -> Vec<u8> {
         "nan",
         "inf",
         "SHARED",
+        "SEMAPHORE",
+        "semaphore",
+        "PERMITS",
+        "3",
     ];
     match rng.below(6) {
         0 => {

@@ -1,4 +1,5 @@
-//! `DLOCK.ACQUIRE key owner ttl_ms [WAIT timeout_ms]`
+//! `DLOCK.ACQUIRE key owner ttl_ms [SHARED | SEMAPHORE limit [PERMITS n]] [WAIT timeout_ms]
+//! [SESSION]`
 
 use rand::Rng;
 use redis_module::{Context, ContextFlags, RedisError, RedisResult, RedisValue};
@@ -7,10 +8,12 @@ use super::apply::{self, OwnerRef};
 use super::{Arg, Ttl, now_ms, parse_owner};
 use crate::blocking::{self, Request};
 use crate::errors::{
-    ERR_HOLDS_OVERFLOW, ERR_SYNTAX, ERR_TIMEOUT, ERR_TIMEOUT_RANGE, ERR_TOKENS_EXHAUSTED,
+    ERR_HOLDS_OVERFLOW, ERR_LIMIT, ERR_LIMIT_MISMATCH, ERR_NOT_A_LOCK, ERR_NOT_A_SEMAPHORE,
+    ERR_PERMITS, ERR_PERMITS_ABOVE_LIMIT, ERR_SYNTAX, ERR_TIMEOUT, ERR_TIMEOUT_RANGE,
+    ERR_TOKENS_EXHAUSTED, ERR_UPGRADE,
 };
 use crate::key::LockKey;
-use crate::lock::{AcquireError, Acquired, Hold, HoldState, owner_from_bits};
+use crate::lock::{AcquireError, Acquired, Hold, HoldState, MAX_LIMIT, Mode, owner_from_bits};
 use crate::metrics::{self, events};
 use crate::session;
 use crate::token::CLOCK;
@@ -27,6 +30,10 @@ struct AcquireArgs<'a> {
     key: &'a Arg,
     owner: Owner<'a>,
     ttl: Ttl,
+    /// `SHARED`, `SEMAPHORE limit`, or exclusive.
+    mode: Mode,
+    /// `PERMITS n` of a semaphore; 1 otherwise.
+    amount: u32,
     /// `WAIT timeout_ms`: block until granted; 0 waits forever.
     wait: Option<i64>,
     /// `SESSION`: the hold ends when this connection does.
@@ -46,6 +53,8 @@ impl<'a> AcquireArgs<'a> {
         let ttl = Ttl::parse(ttl, now)?;
         let mut wait = None;
         let mut session = false;
+        let mut mode = None;
+        let mut permits = None;
         let mut rest = options;
         while let [option, tail @ ..] = rest {
             match (option.as_bytes().to_ascii_uppercase().as_slice(), tail) {
@@ -57,16 +66,62 @@ impl<'a> AcquireArgs<'a> {
                     session = true;
                     rest = tail;
                 }
+                (b"SHARED", tail) if mode.is_none() => {
+                    mode = Some(Mode::Shared);
+                    rest = tail;
+                }
+                (b"SEMAPHORE", [limit, tail @ ..]) if mode.is_none() => {
+                    let limit = limit
+                        .parse_i64()
+                        .and_then(|l| u32::try_from(l).ok())
+                        .filter(|l| (1..=MAX_LIMIT).contains(l))
+                        .ok_or(RedisError::Str(ERR_LIMIT))?;
+                    mode = Some(Mode::Semaphore { limit });
+                    rest = tail;
+                }
+                (b"PERMITS", [n, tail @ ..]) if permits.is_none() => {
+                    let n = n
+                        .parse_i64()
+                        .and_then(|n| u32::try_from(n).ok())
+                        .filter(|n| *n > 0)
+                        .ok_or(RedisError::Str(ERR_PERMITS))?;
+                    permits = Some(n);
+                    rest = tail;
+                }
                 _ => return Err(RedisError::Str(ERR_SYNTAX)),
             }
         }
+        let mode = mode.unwrap_or(Mode::Exclusive);
+        let amount = match (mode, permits) {
+            (Mode::Semaphore { limit }, Some(n)) if n > limit => {
+                return Err(RedisError::Str(ERR_PERMITS_ABOVE_LIMIT));
+            }
+            (Mode::Semaphore { .. }, n) => n.unwrap_or(1),
+            (_, Some(_)) => return Err(RedisError::Str(ERR_SYNTAX)),
+            (_, None) => 1,
+        };
         Ok(AcquireArgs {
             key,
             owner,
             ttl,
+            mode,
+            amount,
             wait,
             session,
         })
+    }
+}
+
+/// What a client is told when its request can never be granted as it stands.
+pub fn error_text(error: AcquireError) -> &'static str {
+    match error {
+        AcquireError::TokensExhausted => ERR_TOKENS_EXHAUSTED,
+        AcquireError::TooManyHolds => ERR_HOLDS_OVERFLOW,
+        AcquireError::NotALock => ERR_NOT_A_LOCK,
+        AcquireError::NotASemaphore => ERR_NOT_A_SEMAPHORE,
+        AcquireError::LimitMismatch => ERR_LIMIT_MISMATCH,
+        AcquireError::PermitsAboveLimit => ERR_PERMITS_ABOVE_LIMIT,
+        AcquireError::UpgradeDeadlock => ERR_UPGRADE,
     }
 }
 
@@ -114,13 +169,14 @@ pub fn run(ctx: &Context, args: &[Arg]) -> RedisResult {
     let mut key = LockKey::open_write(ctx, args.key);
     let lock = key.lock_or_insert()?;
     let pruned = lock.prune(now);
-    // Clients already waiting come first: only the holder itself may go past them (re-entry).
-    let acquired = if queued && lock.holder(now).is_none_or(|h| *h.owner != *owner) {
-        Ok(Acquired::Busy)
-    } else {
-        lock.acquire(owner, now, lease_end, &CLOCK)
+    // Clients already waiting come first: only a holder of the lock may go past them
+    // (re-entry, downgrade, upgrade); nobody past a semaphore's queue.
+    let acquired = match lock.admits(args.mode, args.amount) {
+        Err(error) => Err(error),
+        Ok(()) if queued && !lock.may_pass_queue(owner, args.mode, now) => Ok(Acquired::Busy),
+        Ok(()) => lock.acquire(owner, args.mode, args.amount, now, lease_end, &CLOCK),
     };
-    let holder_lease_end = lock.holder(now).map(|h| h.lease_end);
+    let holder_lease_end = lock.next_lease_end(now);
     let changed = acquired != Ok(Acquired::Busy) || !pruned.is_empty() || lock.is_empty();
 
     expired(ctx, args.key, &pruned);
@@ -183,6 +239,8 @@ pub fn run(ctx: &Context, args: &[Arg]) -> RedisResult {
                         owner,
                         generated: matches!(args.owner, Owner::Generated),
                         ttl: args.ttl,
+                        mode: args.mode,
+                        amount: args.amount,
                         timeout_ms,
                         session: args.session.then(|| session::client_id(ctx.get_raw())),
                     };
@@ -191,7 +249,6 @@ pub fn run(ctx: &Context, args: &[Arg]) -> RedisResult {
                 _ => Ok(RedisValue::Null),
             }
         }
-        Err(AcquireError::TokensExhausted) => Err(RedisError::Str(ERR_TOKENS_EXHAUSTED)),
-        Err(AcquireError::TooManyHolds) => Err(RedisError::Str(ERR_HOLDS_OVERFLOW)),
+        Err(error) => Err(RedisError::Str(error_text(error))),
     }
 }

@@ -1,8 +1,9 @@
-//! `DLOCK.APPLY key owner token count lease_end_ms` — the effect of a lock command.
+//! `DLOCK.APPLY key owner token count lease_end_ms [SHARED | SEMAPHORE limit]` — the effect of
+//! a lock command.
 //!
 //! Masters replicate every change to a hold as this command, and rewritten AOFs recreate holds
-//! with it, so replicas and AOF replay set exactly the owner, token, count and absolute lease
-//! end the master decided: nothing is decided again from the replica's clock or randomness.
+//! with it, so replicas and AOF replay set exactly the owner, mode, token, count and absolute
+//! lease end the master decided (no mode word: exclusive): nothing is decided again from the replica's clock or randomness.
 //! `count == 0` removes the hold. Every token applied raises this server's token clock, so a
 //! promoted replica never issues a token its master already issued.
 
@@ -14,17 +15,51 @@ use redis_module::{Context, ContextFlags, RedisError, RedisResult, RedisValue, r
 use super::Arg;
 use crate::errors::{ERR_APPLY_ARGS, ERR_APPLY_INTERNAL};
 use crate::key::LockKey;
-use crate::lock::HoldState;
+use crate::lock::{HoldState, MAX_LIMIT, Mode};
 use crate::token::CLOCK;
 
 pub const COMMAND: &CStr = c"DLOCK.APPLY";
-/// key (RedisModuleString), owner (buffer and length), token, count, lease end (long longs).
-pub const FORMAT: &CStr = c"sblll";
+/// key (RedisModuleString), owner (buffer and length), token, count, lease end (long longs),
+/// then for shared and semaphore holds the mode word and the limit (a long long): one format
+/// per mode, and every call passes the mode arguments (unread where the format ends first).
+pub fn format(mode: Mode) -> &'static CStr {
+    match mode {
+        Mode::Exclusive => c"sblll",
+        Mode::Shared => c"sblllc",
+        Mode::Semaphore { .. } => c"sblllcl",
+    }
+}
+
+/// The mode word after the numbers, if any.
+pub fn mode_word(mode: Mode) -> &'static CStr {
+    match mode {
+        Mode::Exclusive => c"",
+        Mode::Shared => c"SHARED",
+        Mode::Semaphore { .. } => c"SEMAPHORE",
+    }
+}
+
+/// A semaphore's limit, 0 for a lock.
+pub fn limit(mode: Mode) -> u32 {
+    match mode {
+        Mode::Semaphore { limit } => limit,
+        _ => 0,
+    }
+}
+
 /// What masters send: the key and owner as the client's own argument strings (shared, not
-/// copied) or the owner as bytes, then the numbers as decimal buffers, which Redis turns into
-/// one small object each where `l` would build an sds and an object.
-const FORMAT_OWNER_ARG: &CStr = c"ssbbb";
-const FORMAT_OWNER_BYTES: &CStr = c"sbbbb";
+/// copied) or the owner as bytes, then the numbers (and the mode) as buffers, which Redis
+/// turns into one small object each where `l` would build an sds and an object.
+fn replicated_format(owner: OwnerRef, mode: Mode) -> &'static CStr {
+    match (owner, mode) {
+        (OwnerRef::Arg(_), Mode::Exclusive) => c"ssbbb",
+        (OwnerRef::Arg(_), Mode::Shared) => c"ssbbbb",
+        (OwnerRef::Arg(_), Mode::Semaphore { .. }) => c"ssbbbbb",
+        (OwnerRef::Bytes(_), Mode::Exclusive) => c"sbbbb",
+        (OwnerRef::Bytes(_), Mode::Shared) => c"sbbbbb",
+        (OwnerRef::Bytes(_), Mode::Semaphore { .. }) => c"sbbbbbb",
+    }
+}
 
 /// An owner as the client sent it, or as bytes the server holds.
 #[derive(Clone, Copy)]
@@ -39,22 +74,29 @@ pub fn replicate(ctx: &Context, key: &Arg, owner: OwnerRef, state: HoldState) {
         return;
     };
     let (ctx, command, key) = (ctx.get_raw(), COMMAND.as_ptr(), key.raw());
+    let format = replicated_format(owner, state.mode).as_ptr();
     let (mut token, mut count, mut lease_end) = (Decimal::new(), Decimal::new(), Decimal::new());
+    let mut limit_digits = Decimal::new();
     let token = token.format(state.token);
     let count = count.format(i64::from(state.count));
     let lease_end = lease_end.format(state.lease_end);
-    let numbers = [token, count, lease_end].map(|n| (n.as_ptr().cast::<c_char>(), n.len()));
+    let limit_digits = limit_digits.format(i64::from(limit(state.mode)));
+    let word = mode_word(state.mode).to_bytes();
+    let buffers = [token, count, lease_end, word, limit_digits]
+        .map(|n| (n.as_ptr().cast::<c_char>(), n.len()));
     let [
         (token, token_len),
         (count, count_len),
         (lease_end, lease_end_len),
-    ] = numbers;
+        (word, word_len),
+        (limit, limit_len),
+    ] = buffers;
     unsafe {
         match owner {
             OwnerRef::Arg(owner) => replicate(
                 ctx,
                 command,
-                FORMAT_OWNER_ARG.as_ptr(),
+                format,
                 key,
                 owner.raw(),
                 token,
@@ -63,11 +105,15 @@ pub fn replicate(ctx: &Context, key: &Arg, owner: OwnerRef, state: HoldState) {
                 count_len,
                 lease_end,
                 lease_end_len,
+                word,
+                word_len,
+                limit,
+                limit_len,
             ),
             OwnerRef::Bytes(owner) => replicate(
                 ctx,
                 command,
-                FORMAT_OWNER_BYTES.as_ptr(),
+                format,
                 key,
                 owner.as_ptr().cast::<c_char>(),
                 owner.len(),
@@ -77,6 +123,10 @@ pub fn replicate(ctx: &Context, key: &Arg, owner: OwnerRef, state: HoldState) {
                 count_len,
                 lease_end,
                 lease_end_len,
+                word,
+                word_len,
+                limit,
+                limit_len,
             ),
         }
     };
@@ -125,21 +175,32 @@ struct ApplyArgs<'a> {
 
 impl<'a> ApplyArgs<'a> {
     fn parse(args: &'a [Arg]) -> Result<Self, RedisError> {
-        let [_, key, owner, token, count, lease_end] = args else {
+        let [_, key, owner, token, count, lease_end, mode @ ..] = args else {
             return Err(RedisError::WrongArity);
         };
         let owner = owner.as_bytes();
         let token = token.parse_i64().filter(|t| *t > 0);
         let count = count.parse_i64().and_then(|c| u32::try_from(c).ok());
         let lease_end = lease_end.parse_i64();
-        match (owner.is_empty(), token, count, lease_end) {
-            (false, Some(token), Some(count), Some(lease_end)) => Ok(ApplyArgs {
+        let mode = match mode {
+            [] => Some(Mode::Exclusive),
+            [word] if word.as_bytes().eq_ignore_ascii_case(b"SHARED") => Some(Mode::Shared),
+            [word, limit] if word.as_bytes().eq_ignore_ascii_case(b"SEMAPHORE") => limit
+                .parse_i64()
+                .and_then(|l| u32::try_from(l).ok())
+                .filter(|l| (1..=MAX_LIMIT).contains(l))
+                .map(|limit| Mode::Semaphore { limit }),
+            _ => None,
+        };
+        match (owner.is_empty(), token, count, lease_end, mode) {
+            (false, Some(token), Some(count), Some(lease_end), Some(mode)) => Ok(ApplyArgs {
                 key,
                 owner,
                 state: HoldState {
                     token,
                     count,
                     lease_end,
+                    mode,
                 },
             }),
             _ => Err(RedisError::Str(ERR_APPLY_ARGS)),

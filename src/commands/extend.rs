@@ -33,21 +33,29 @@ pub fn run(ctx: &Context, args: &[Arg]) -> RedisResult {
     let args = ExtendArgs::parse(args, now)?;
     let mut key = LockKey::open_write(ctx, args.key);
     let lease_end = args.ttl.lease_end(now);
-    let extended = key
-        .lock()?
-        .and_then(|lock| lock.extend(args.owner.as_bytes(), now, lease_end));
-    let Some(state) = extended else {
+    let owner = args.owner.as_bytes();
+    let mut tokens = [None, None];
+    let extended = match key.lock()? {
+        Some(lock) => lock.extend(owner, now, lease_end, |state| {
+            apply::replicate(ctx, args.key, OwnerRef::Arg(args.owner), state);
+            if let Some(slot) = tokens.iter_mut().find(|t| t.is_none()) {
+                *slot = Some(state.token);
+            }
+        }),
+        None => false,
+    };
+    if !extended {
         metrics::EXTENDS_REJECTED.incr();
         return Ok(RedisValue::Integer(0));
-    };
-    apply::replicate(ctx, args.key, OwnerRef::Arg(args.owner), state);
+    }
     metrics::EXTENDS.incr();
     metrics::notify(ctx.get_raw(), events::EXTENDED, args.key.raw());
     key.commit();
     drop(key);
     let db = blocking::selected_db(ctx.get_raw());
-    blocking::lease_changed(ctx.get_raw(), db, args.key.as_bytes(), state.lease_end);
-    let owner = args.owner.as_bytes();
-    session::lease_changed(db, args.key.as_bytes(), owner, state.token, state.lease_end);
+    blocking::lease_changed(ctx.get_raw(), db, args.key.as_bytes(), lease_end);
+    for token in tokens.into_iter().flatten() {
+        session::lease_changed(db, args.key.as_bytes(), owner, token, lease_end);
+    }
     Ok(RedisValue::Integer(1))
 }

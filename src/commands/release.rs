@@ -42,7 +42,7 @@ pub fn run(ctx: &Context, args: &[Arg]) -> RedisResult {
     let db = blocking::selected_db(ctx.get_raw());
     if state.count == 0 {
         metrics::notify(ctx.get_raw(), events::RELEASED, args.key.raw());
-        session::unbind(db, args.key.as_bytes(), args.owner.as_bytes());
+        session::unbind(db, args.key.as_bytes(), args.owner.as_bytes(), state.token);
         blocking::released(ctx, key, db, args.key.as_bytes());
     } else {
         key.commit();

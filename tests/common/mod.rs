@@ -448,20 +448,27 @@ pub fn waiters(c: &mut Connection, key: &str) -> i64 {
         .unwrap_or(0)
 }
 
-/// `DLOCK.INFO` as (field, value) pairs in reply order, or None for a free lock.
+/// `DLOCK.INFO` as (field, value) pairs in reply order, or None for a free lock. The value of
+/// `holders` is given as the number of holders (see `holders`).
 pub fn info_fields(c: &mut Connection, key: &str) -> Option<Vec<(String, String)>> {
     let reply: Value = cmd("DLOCK.INFO").arg(key).query(c).expect("DLOCK.INFO");
     match reply {
         Value::Nil => None,
         Value::Array(fields) => {
-            let strings: Vec<String> = fields
-                .iter()
-                .map(|v| redis::from_redis_value::<String>(v).expect("field"))
-                .collect();
-            let names = ["owner", "token", "ttl", "holds", "waiters", "session"];
-            let pairs: Vec<(String, String)> = strings
+            let names = [
+                "owner", "token", "ttl", "holds", "waiters", "session", "mode", "limit", "holders",
+            ];
+            let pairs: Vec<(String, String)> = fields
                 .chunks(2)
-                .map(|p| (p[0].clone(), p.get(1).cloned().unwrap_or_default()))
+                .map(|p| {
+                    let name: String = redis::from_redis_value(&p[0]).expect("field name");
+                    let value = match p.get(1) {
+                        Some(Value::Array(holders)) => holders.len().to_string(),
+                        Some(v) => redis::from_redis_value::<String>(v).expect("field"),
+                        None => String::new(),
+                    };
+                    (name, value)
+                })
                 .collect();
             let got: Vec<&str> = pairs.iter().map(|(n, _)| n.as_str()).collect();
             assert_eq!(got, names, "DLOCK.INFO fields");
@@ -469,6 +476,48 @@ pub fn info_fields(c: &mut Connection, key: &str) -> Option<Vec<(String, String)
         }
         other => panic!("unexpected DLOCK.INFO reply {other:?}"),
     }
+}
+
+/// One entry of `DLOCK.INFO`'s `holders`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    pub owner: String,
+    pub token: i64,
+    pub ttl: i64,
+    pub holds: i64,
+    pub session: i64,
+    pub mode: String,
+}
+
+/// Every live holder of `key` from `DLOCK.INFO`, by token; empty for a free lock.
+pub fn holders(c: &mut Connection, key: &str) -> Vec<Holder> {
+    let reply: Value = cmd("DLOCK.INFO").arg(key).query(c).expect("DLOCK.INFO");
+    let Value::Array(fields) = reply else {
+        return Vec::new();
+    };
+    let Some(Value::Array(entries)) = fields.last() else {
+        panic!("DLOCK.INFO ends with holders: {fields:?}");
+    };
+    entries
+        .iter()
+        .map(|entry| {
+            let Value::Array(pairs) = entry else {
+                panic!("holder {entry:?}");
+            };
+            let text = |i: usize| -> String { redis::from_redis_value(&pairs[i]).unwrap() };
+            let int = |i: usize| -> i64 { redis::from_redis_value(&pairs[i]).unwrap() };
+            let names: Vec<String> = (0..6).map(|i| text(2 * i)).collect();
+            assert_eq!(names, ["owner", "token", "ttl", "holds", "session", "mode"]);
+            Holder {
+                owner: text(1),
+                token: int(3),
+                ttl: int(5),
+                holds: int(7),
+                session: int(9),
+                mode: text(11),
+            }
+        })
+        .collect()
 }
 
 /// The error text of a command that must fail.
