@@ -31,7 +31,7 @@ use crate::commands::{Arg, Ttl, acquire, now_ms};
 use crate::config;
 use crate::errors::{ERR_BLOCK, err_too_many_waiters};
 use crate::key::LockKey;
-use crate::lock::{Acquired, Mode};
+use crate::lock::{Acquired, Lock, Mode};
 use crate::metrics::{self, events};
 use crate::session;
 use crate::token::CLOCK;
@@ -86,10 +86,17 @@ struct Queue {
     lease_timer: Option<(raw::RedisModuleTimerID, i64)>,
 }
 
+/// A key: its database and name.
+type KeyId = (c_int, Box<[u8]>);
+/// A timer and when it fires.
+type ArmedTimer = (raw::RedisModuleTimerID, i64);
+
 #[derive(Default)]
 struct Registry {
     queues: HashMap<c_int, HashMap<Box<[u8]>, Queue>>,
     clients: HashMap<usize, Weak<Waiter>>,
+    /// Timers at the earliest lease end of keys with several holds, and when they fire.
+    prune_timers: HashMap<KeyId, ArmedTimer>,
     /// Keys to serve from the next zero-delay timer.
     pending: Vec<(c_int, Box<[u8]>)>,
     pending_timer: bool,
@@ -235,6 +242,70 @@ fn arm_lease_timer(ctx: *mut raw::RedisModuleCtx, db: c_int, key: &[u8], at: i64
     });
 }
 
+/// A key expires with its latest lease; when a hold's lease ends earlier (shared holders,
+/// semaphore permits, a downgrade), a timer removes that hold at its lease end — replicated,
+/// announced and counted then, not whenever the key is next touched. Call after a change to
+/// `lock` (still borrowed: nothing here touches the keyspace).
+pub fn watch_leases(ctx: *mut raw::RedisModuleCtx, db: c_int, key: &[u8], lock: &Lock, now: i64) {
+    if !config::expiry_timers() {
+        return;
+    }
+    let (Some(next), Some(last)) = (lock.next_lease_end(now), lock.expires_at()) else {
+        return;
+    };
+    if next >= last {
+        return;
+    }
+    let armed = with_registry(|r| {
+        r.prune_timers
+            .get(&(db, Box::<[u8]>::from(key)))
+            .is_some_and(|(_, fires)| *fires <= next)
+    });
+    if armed {
+        return;
+    }
+    let stale = with_registry(|r| r.prune_timers.remove(&(db, Box::<[u8]>::from(key))));
+    if let Some((id, _)) = stale {
+        stop_timer::<(c_int, Box<[u8]>)>(ctx, id);
+    }
+    let delay = next.saturating_sub(now_ms()).max(0);
+    let data = Box::into_raw(Box::new((db, Box::<[u8]>::from(key))));
+    let Some(id) = create_timer(ctx, delay, Some(on_prune), data.cast()) else {
+        drop(unsafe { Box::from_raw(data) });
+        return;
+    };
+    with_registry(|r| r.prune_timers.insert((db, key.into()), (id, next)));
+}
+
+/// A hold of a key with several holds reached its lease end: remove it (with waiters, serving
+/// them does that), then watch the next one.
+unsafe extern "C" fn on_prune(ctx: *mut raw::RedisModuleCtx, data: *mut c_void) {
+    if data.is_null() {
+        return;
+    }
+    let target = unsafe { Box::from_raw(data.cast::<(c_int, Box<[u8]>)>()) };
+    let (db, key) = *target;
+    with_registry(|r| r.prune_timers.remove(&(db, key.clone())));
+    let context = Context::new(ctx);
+    if waiting(db, &key) > 0 {
+        serve(&context, db, &key);
+        return;
+    }
+    let name = key_name(ctx, db, &key);
+    let key_arg = Arg::from_raw(name.inner);
+    let mut lock_key = LockKey::open_write(&context, &key_arg);
+    let Ok(Some(lock)) = lock_key.lock() else {
+        return;
+    };
+    let now = now_ms();
+    let pruned = lock.prune(now);
+    watch_leases(ctx, db, &key, lock, now);
+    if !pruned.is_empty() {
+        acquire::expired(&context, &key_arg, &pruned);
+        lock_key.commit();
+    }
+}
+
 /// Select database `db` and make a key name for it: for contexts that did not come from a
 /// client's command on that key (timers, jobs, events). Keep the string while the key is used.
 pub fn key_name(ctx: *mut raw::RedisModuleCtx, db: c_int, name: &[u8]) -> RedisString {
@@ -325,6 +396,7 @@ pub fn serve(ctx: &Context, db: c_int, name: &[u8]) {
         let acquired = lock.acquire(&head.owner, head.mode, head.amount, now, lease_end, &CLOCK);
         let busy_until = lock.next_lease_end(now);
         let empty = lock.is_empty();
+        watch_leases(raw_ctx, db, name, lock, now);
         acquire::expired(ctx, &key_arg, &pruned);
         let outcome = match acquired {
             Ok(Acquired::Granted(state) | Acquired::Reentered(state)) => {

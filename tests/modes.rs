@@ -210,6 +210,25 @@ fn every_holder_has_its_own_lease_and_its_end_wakes_waiters_at_once() {
         .collect();
     assert_eq!(owners, ["long", "next"]);
 
+    // Without waiters too, an ended hold is removed at its lease end (counted and announced
+    // then), not when the key is next touched.
+    let expired = |c: &mut Connection| -> i64 {
+        let info: String = cmd("INFO").arg("dlock").query(c).unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix("dlock_leases_expired:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap()
+    };
+    let before = expired(&mut c);
+    shared(&mut c, "alone", "brief", 100);
+    shared(&mut c, "alone", "lasting", 60_000);
+    let started = Instant::now();
+    wait_until("the brief hold to be removed", || {
+        expired(&mut c) == before + 1
+    });
+    assert!(started.elapsed() < Duration::from_millis(600));
+    assert_eq!(field(&mut c, "alone", "holders"), "1");
+
     // Shared holders too: a writer gets in when the last reader's lease ends.
     shared(&mut c, "rw", "r1", 100);
     shared(&mut c, "rw", "r2", 200);

@@ -177,6 +177,7 @@ pub fn run(ctx: &Context, args: &[Arg]) -> RedisResult {
         Ok(()) => lock.acquire(owner, args.mode, args.amount, now, lease_end, &CLOCK),
     };
     let holder_lease_end = lock.next_lease_end(now);
+    blocking::watch_leases(ctx.get_raw(), db, args.key.as_bytes(), lock, now);
     let changed = acquired != Ok(Acquired::Busy) || !pruned.is_empty() || lock.is_empty();
 
     expired(ctx, args.key, &pruned);

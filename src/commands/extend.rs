@@ -35,13 +35,18 @@ pub fn run(ctx: &Context, args: &[Arg]) -> RedisResult {
     let lease_end = args.ttl.lease_end(now);
     let owner = args.owner.as_bytes();
     let mut tokens = [None, None];
+    let db = blocking::selected_db(ctx.get_raw());
     let extended = match key.lock()? {
-        Some(lock) => lock.extend(owner, now, lease_end, |state| {
-            apply::replicate(ctx, args.key, OwnerRef::Arg(args.owner), state);
-            if let Some(slot) = tokens.iter_mut().find(|t| t.is_none()) {
-                *slot = Some(state.token);
-            }
-        }),
+        Some(lock) => {
+            let extended = lock.extend(owner, now, lease_end, |state| {
+                apply::replicate(ctx, args.key, OwnerRef::Arg(args.owner), state);
+                if let Some(slot) = tokens.iter_mut().find(|t| t.is_none()) {
+                    *slot = Some(state.token);
+                }
+            });
+            blocking::watch_leases(ctx.get_raw(), db, args.key.as_bytes(), lock, now);
+            extended
+        }
         None => false,
     };
     if !extended {
@@ -52,7 +57,6 @@ pub fn run(ctx: &Context, args: &[Arg]) -> RedisResult {
     metrics::notify(ctx.get_raw(), events::EXTENDED, args.key.raw());
     key.commit();
     drop(key);
-    let db = blocking::selected_db(ctx.get_raw());
     blocking::lease_changed(ctx.get_raw(), db, args.key.as_bytes(), lease_end);
     for token in tokens.into_iter().flatten() {
         session::lease_changed(db, args.key.as_bytes(), owner, token, lease_end);
