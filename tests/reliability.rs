@@ -304,6 +304,163 @@ fn safety_checker(fence: Fence) {
     assert!(history.len() >= grants_target);
 }
 
+/// One grant in the shared-mode safety checker.
+#[derive(Clone)]
+struct ModeGrant {
+    key: String,
+    token: i64,
+    ttl: i64,
+    exclusive: bool,
+    permits: i64,
+    sent: Instant,
+    received: Instant,
+    release_sent: Instant,
+}
+
+/// Whether `g` still held its lock on the server when `h` was granted: `g` was granted before
+/// `h` was asked for, released only after `h` was granted, and its lease had not ended when
+/// `h`'s token was issued.
+fn held_at_grant_of(g: &ModeGrant, h: &ModeGrant) -> bool {
+    g.received < h.sent
+        && g.release_sent > h.received
+        && issued_ms(g.token) + g.ttl > issued_ms(h.token)
+}
+
+#[test]
+fn safety_checker_for_shared_locks_and_semaphores() {
+    let (clients, grants_target): (usize, usize) =
+        if torture() { (32, 40_000) } else { (24, 1_500) };
+    const LIMIT: i64 = 3;
+    let server = Server::start();
+    let history: Arc<Mutex<Vec<ModeGrant>>> = Arc::new(Mutex::new(vec![]));
+    let deadline = Instant::now() + Duration::from_secs(if torture() { 600 } else { 60 });
+    let threads: Vec<_> = (0..clients)
+        .map(|client| {
+            let mut c = server.client();
+            let history = Arc::clone(&history);
+            let per_client = grants_target.div_ceil(clients);
+            thread::spawn(move || {
+                let mut rng = Rng::new(client as u64 + 101);
+                let owner = format!("client-{client}");
+                let blocking = client % 2 == 0;
+                let mut done = 0;
+                while done < per_client {
+                    assert!(Instant::now() < deadline, "client {client} is stuck");
+                    // Half the grants on two read-write locks, half on two semaphores.
+                    let semaphore = rng.chance(50);
+                    let key = format!("{}:{}", if semaphore { "sem" } else { "rw" }, rng.below(2));
+                    let ttl = 20 + rng.below(30) as i64;
+                    let mut command = cmd("DLOCK.ACQUIRE");
+                    command.arg(&key).arg(&owner).arg(ttl);
+                    let (exclusive, permits) = if semaphore {
+                        let n = 1 + rng.below(2) as i64;
+                        command.arg("SEMAPHORE").arg(LIMIT).arg("PERMITS").arg(n);
+                        (false, n)
+                    } else if rng.chance(30) {
+                        (true, 1)
+                    } else {
+                        command.arg("SHARED");
+                        (false, 1)
+                    };
+                    if blocking {
+                        command.arg("WAIT").arg(2_000);
+                    }
+                    let sent = Instant::now();
+                    let reply: Value = command.query(&mut c).expect("acquire");
+                    let received = Instant::now();
+                    let Value::Int(token) = reply else {
+                        if !blocking {
+                            thread::sleep(Duration::from_micros(200 + rng.below(800)));
+                        }
+                        continue;
+                    };
+                    if rng.chance(10) {
+                        thread::sleep(Duration::from_millis(ttl as u64 + 15));
+                    } else {
+                        thread::sleep(Duration::from_micros(rng.below(500)));
+                    }
+                    let release_sent = Instant::now();
+                    let _: i64 = cmd("DLOCK.RELEASE")
+                        .arg(&key)
+                        .arg(&owner)
+                        .query(&mut c)
+                        .expect("release");
+                    history.lock().unwrap().push(ModeGrant {
+                        key,
+                        token,
+                        ttl,
+                        exclusive,
+                        permits,
+                        sent,
+                        received,
+                        release_sent,
+                    });
+                    done += 1;
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join()
+            .expect("every client finishes (no lost wake-up, no stuck waiter)");
+    }
+    let mut history = history.lock().unwrap().clone();
+    history.sort_by_key(|g| g.received);
+    let mut seen = HashSet::new();
+    let (mut pairs, mut overlaps, mut peak) = (0u64, 0u64, 0i64);
+    for (i, h) in history.iter().enumerate() {
+        assert!(seen.insert(h.token), "token {} issued twice", h.token);
+        // Grants received before h was even asked for, and recent enough to matter.
+        let earlier = history[..i]
+            .iter()
+            .rev()
+            .take_while(|g| g.received + Duration::from_secs(5) > h.sent)
+            .filter(|g| g.key == h.key && held_at_grant_of(g, h));
+        let mut in_use = h.permits;
+        for g in earlier {
+            pairs += 1;
+            overlaps += 1;
+            if h.key.starts_with("rw") {
+                assert!(
+                    !g.exclusive && !h.exclusive,
+                    "{}: {} granted token {} while token {} was held ({} and {})",
+                    h.key,
+                    if h.exclusive { "exclusive" } else { "shared" },
+                    h.token,
+                    g.token,
+                    if g.exclusive { "exclusive" } else { "shared" },
+                    issued_ms(g.token) + g.ttl - issued_ms(h.token)
+                );
+            } else {
+                in_use += g.permits;
+            }
+        }
+        if h.key.starts_with("sem") {
+            assert!(
+                in_use <= LIMIT,
+                "{}: {in_use} permits held at token {}",
+                h.key,
+                h.token
+            );
+            peak = peak.max(in_use);
+        }
+    }
+    let shared = history
+        .iter()
+        .filter(|g| g.key.starts_with("rw") && !g.exclusive)
+        .count();
+    println!(
+        "safety (shared and semaphore): {} grants ({shared} shared reads), {pairs} concurrent \
+         pairs checked, 0 violations; semaphore peak {peak} of {LIMIT} permits",
+        history.len()
+    );
+    assert!(history.len() >= grants_target);
+    assert!(
+        overlaps > 0,
+        "no holds ever overlapped: the check checked nothing"
+    );
+}
+
 #[test]
 fn crashes_under_load_lose_no_acknowledged_grant_and_never_reissue_a_token() {
     let restarts = if torture() { 20 } else { 3 };
