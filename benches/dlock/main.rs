@@ -26,6 +26,7 @@ mod common;
 mod contention;
 mod expiry;
 mod memory;
+mod modes;
 mod report;
 mod scaling;
 mod throughput;
@@ -128,8 +129,8 @@ pub fn flushall(c: &mut Connection) {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let smoke = args.iter().any(|a| a == "--smoke");
-    // `--only NAME` runs one section: throughput, memory, contention, expiry, scaling or
-    // cluster.
+    // `--only NAME` runs one section: throughput, memory, contention, expiry, scaling, modes
+    // or cluster.
     let only = args
         .iter()
         .position(|a| a == "--only")
@@ -166,6 +167,9 @@ fn main() {
     }
     if run("scaling") {
         scaling::scaling(&server, &mut c, sizes, &mut figures);
+    }
+    if run("modes") {
+        modes::modes(&server, &mut c, sizes, &mut figures);
     }
     if run("cluster") {
         cluster::cluster(&server, &mut c, sizes, &mut figures);
