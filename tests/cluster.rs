@@ -5,7 +5,7 @@
 mod common;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::cluster::Cluster;
 use common::*;
@@ -123,20 +123,8 @@ fn commands_route_by_key_and_cluster_clients_work() {
 #[test]
 fn the_python_cluster_example_runs() {
     let cluster = Cluster::start();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/python/cluster.py");
-    let output = Command::new("python3")
-        .arg(script)
-        .arg(cluster.nodes[0].port.to_string())
-        .output()
-        .expect("run python3 (make deps installs redis-py)");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
     assert_eq!(
-        stdout.lines().collect::<Vec<_>>(),
+        run_python("cluster.py", cluster.nodes[0].port),
         [
             "locks on 3 masters",
             "guarded write: OK",
@@ -223,9 +211,7 @@ fn failover_keeps_replicated_locks_and_never_reissues_a_token() {
 
     // Manual failover: the replica takes over with every lock, and serves waiters.
     let key = "failover:lock";
-    let slot = cluster.slot(key);
-    let master = cluster.master_of(slot);
-    let replica = cluster.replica_of(master);
+    let (slot, master, replica) = cluster.serving(key);
     let mut m = cluster.nodes[master].client();
     let token = grant(&mut m, key, "holder", 60_000);
     let acked: i64 = cmd("WAIT").arg(1).arg(5_000).query(&mut m).unwrap();
@@ -257,9 +243,7 @@ fn failover_keeps_replicated_locks_and_never_reissues_a_token() {
     // kill -9 of a master: a grant acknowledged by a replica (ACQUIRE then WAIT) survives, and
     // the promoted replica's tokens are above every token the dead master issued.
     let key = "crash:lock";
-    let slot = cluster.slot(key);
-    let master = cluster.master_of(slot);
-    let replica = cluster.replica_of(master);
+    let (_, master, replica) = cluster.serving(key);
     let mut m = cluster.nodes[master].client();
     let token = grant(&mut m, key, "holder", 60_000);
     let acked: i64 = cmd("WAIT").arg(1).arg(5_000).query(&mut m).unwrap();
@@ -269,17 +253,7 @@ fn failover_keeps_replicated_locks_and_never_reissues_a_token() {
     }
     let issued = last_token(&mut m);
     cluster.nodes[master].kill9();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut r = cluster.nodes[replica].client();
-        let role: String = cmd("INFO").arg("replication").query(&mut r).unwrap();
-        if role.contains("role:master") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the replica was never promoted");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    cluster.wait_until_ok();
+    cluster.wait_for_promotion(replica);
     let mut r = cluster.nodes[replica].client();
     assert_eq!(
         info(&mut r, key).map(|i| (i.0, i.1)),
@@ -357,9 +331,7 @@ fn redis_cli_reshard_moves_every_held_lock_intact() {
 fn a_grant_no_replica_acknowledged_is_lost_in_failover_but_its_token_is_never_reissued() {
     let mut cluster = Cluster::start();
     let key = "lost:lock";
-    let slot = cluster.slot(key);
-    let master = cluster.master_of(slot);
-    let replica = cluster.replica_of(master);
+    let (_, master, replica) = cluster.serving(key);
     let mut m = cluster.nodes[master].client();
     cut_off_replica(&cluster.nodes[replica], &mut m);
     let token = grant(&mut m, key, "holder", 60_000);
@@ -368,17 +340,7 @@ fn a_grant_no_replica_acknowledged_is_lost_in_failover_but_its_token_is_never_re
     assert_eq!(acked, 0);
     cluster.nodes[master].kill9();
     cluster.nodes[replica].signal("CONT");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut r = cluster.nodes[replica].client();
-        let role: String = cmd("INFO").arg("replication").query(&mut r).unwrap();
-        if role.contains("role:master") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the replica was never promoted");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    cluster.wait_until_ok();
+    cluster.wait_for_promotion(replica);
     let mut r = cluster.nodes[replica].client();
     assert_eq!(info(&mut r, key), None, "the unacknowledged grant is gone");
     let next = grant(&mut r, key, "next", 60_000);

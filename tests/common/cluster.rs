@@ -62,6 +62,20 @@ impl Cluster {
         }
     }
 
+    /// Wait until the replica at `replica` has taken over from its failed master and the
+    /// cluster is ok again.
+    pub fn wait_for_promotion(&self, replica: usize) {
+        let mut r = self.nodes[replica].client();
+        wait_until("the replica to be promoted", || {
+            let role: String = cmd("INFO")
+                .arg("replication")
+                .query(&mut r)
+                .unwrap_or_default();
+            role.contains("role:master")
+        });
+        self.wait_until_ok();
+    }
+
     /// The cluster's address for cluster clients.
     pub fn urls(&self) -> Vec<String> {
         self.nodes
@@ -121,6 +135,13 @@ impl Cluster {
             }
         }
         panic!("slot {slot} is not served");
+    }
+
+    /// `key`'s slot, the master serving it, and a replica of that master.
+    pub fn serving(&self, key: &str) -> (u16, usize, usize) {
+        let slot = self.slot(key);
+        let master = self.master_of(slot);
+        (slot, master, self.replica_of(master))
     }
 
     /// The index of a running replica of the master at `master`.

@@ -520,6 +520,23 @@ pub fn holders(c: &mut Connection, key: &str) -> Vec<Holder> {
         .collect()
 }
 
+/// Run `examples/python/{name} {port}`; its output lines.
+pub fn run_python(name: &str, port: u16) -> Vec<String> {
+    let script = format!("{}/examples/python/{name}", env!("CARGO_MANIFEST_DIR"));
+    let output = Command::new("python3")
+        .arg(script)
+        .arg(port.to_string())
+        .output()
+        .expect("run python3 (make deps installs redis-py)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout.lines().map(str::to_string).collect()
+}
+
 /// The error text of a command that must fail.
 pub fn error_of(result: RedisResult<Value>) -> String {
     match result {
