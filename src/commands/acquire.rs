@@ -171,10 +171,10 @@ pub fn run(ctx: &Context, args: &[Arg]) -> RedisResult {
     let pruned = lock.prune(now);
     // Clients already waiting come first: only a holder of the lock may go past them
     // (re-entry, downgrade, upgrade); nobody past a semaphore's queue.
-    let acquired = match lock.admits(args.mode, args.amount) {
-        Err(error) => Err(error),
-        Ok(()) if queued && !lock.may_pass_queue(owner, args.mode, now) => Ok(Acquired::Busy),
-        Ok(()) => lock.acquire(owner, args.mode, args.amount, now, lease_end, &CLOCK),
+    let acquired = if queued && !lock.may_pass_queue(owner, args.mode, now) {
+        lock.admits(args.mode, args.amount).map(|()| Acquired::Busy)
+    } else {
+        lock.acquire(owner, args.mode, args.amount, now, lease_end, &CLOCK)
     };
     let holder_lease_end = lock.next_lease_end(now);
     blocking::watch_leases(ctx.get_raw(), db, args.key.as_bytes(), lock, now);
