@@ -164,6 +164,7 @@ fn locks_survive_an_upgrade_chain_through_rdb() {
     server.set_binary(binaries[0]);
     assert!(server.try_start(), "{} did not start", binaries[0]);
     let mut expected: Vec<(String, String, i64, i64)> = vec![];
+    let mut expected_holders: Vec<(String, Vec<Holder>)> = vec![];
     let mut last_token = 0;
     for (step, binary) in binaries.iter().enumerate() {
         let mut c = server.client();
@@ -173,6 +174,34 @@ fn locks_survive_an_upgrade_chain_through_rdb() {
                 Some((owner.clone(), *token, *holds)),
                 "{key} after loading into {binary}"
             );
+        }
+        for (key, holders_before) in &expected_holders {
+            let now: Vec<Holder> = holders(&mut c, key)
+                .into_iter()
+                .map(|h| Holder { ttl: 0, ..h })
+                .collect();
+            assert_eq!(&now, holders_before, "{key} after loading into {binary}");
+        }
+        // Shared holders and semaphore permits ride along too.
+        for (suffix, words) in [
+            ("rw", &["SHARED"][..]),
+            ("sem", &["SEMAPHORE", "5", "PERMITS", "2"][..]),
+        ] {
+            let key = format!("step{step}:{suffix}");
+            for reader in ["r1", "r2"] {
+                let _: i64 = cmd("DLOCK.ACQUIRE")
+                    .arg(&key)
+                    .arg(reader)
+                    .arg(3_600_000)
+                    .arg(words)
+                    .query(&mut c)
+                    .unwrap();
+            }
+            let now: Vec<Holder> = holders(&mut c, &key)
+                .into_iter()
+                .map(|h| Holder { ttl: 0, ..h })
+                .collect();
+            expected_holders.push((key, now));
         }
         let key = format!("step{step}");
         let token = grant(&mut c, &key, &format!("owner{step}"), 3_600_000);
