@@ -175,3 +175,40 @@ fn a_waiter_asking_for_session_gets_a_bound_hold() {
     );
     assert_eq!(err, "ERR syntax error");
 }
+
+#[test]
+fn a_long_lived_connection_whose_session_leases_end_does_not_grow_memory() {
+    let server = Server::with_config(&[("hz", "100")]);
+    let mut c = server.client();
+    let mut holder = server.client();
+    let round = |holder: &mut Connection, from: usize| {
+        let mut pipe = redis::pipe();
+        for i in from..from + 10_000 {
+            pipe.cmd("DLOCK.ACQUIRE")
+                .arg(format!("brief:{i}"))
+                .arg("h")
+                .arg(1)
+                .arg("SESSION")
+                .ignore();
+        }
+        let _: () = pipe.query(holder).unwrap();
+    };
+    round(&mut holder, 0);
+    wait_until("the leases to end and their keys to expire", || {
+        cmd("DBSIZE").query::<i64>(&mut c).unwrap() == 0
+    });
+    let baseline = settled_used_memory(&mut c);
+    // 50,000 more bindings whose leases end: without the sweep of ended bindings they would
+    // all stay in the module's memory until the connection closes (several MB).
+    for r in 1..=5 {
+        round(&mut holder, r * 10_000);
+    }
+    wait_until("the leases to end and their keys to expire", || {
+        cmd("DBSIZE").query::<i64>(&mut c).unwrap() == 0
+    });
+    let after = settled_used_memory(&mut c);
+    assert!(
+        after - baseline < 512 * 1024,
+        "used_memory grew from {baseline} to {after}"
+    );
+}
