@@ -287,6 +287,9 @@ unsafe extern "C" fn on_prune(ctx: *mut raw::RedisModuleCtx, data: *mut c_void) 
     let (db, key) = *target;
     with_registry(|r| r.prune_timers.remove(&(db, key.clone())));
     let context = Context::new(ctx);
+    if !is_master(ctx) {
+        return;
+    }
     if waiting(db, &key) > 0 {
         serve(&context, db, &key);
         return;
@@ -327,6 +330,19 @@ pub fn released(ctx: &Context, mut key: LockKey, db: c_int, name: &[u8]) {
     }
 }
 
+fn context_flags(ctx: *mut raw::RedisModuleCtx) -> c_int {
+    match unsafe { raw::RedisModule_GetContextFlags } {
+        Some(flags) => unsafe { flags(ctx) },
+        None => 0,
+    }
+}
+
+/// Whether this server is a master. Timers armed while it was one may fire after it became a
+/// replica: they must not write then (the master decides, and replicates what it decided).
+pub fn is_master(ctx: *mut raw::RedisModuleCtx) -> bool {
+    context_flags(ctx) & raw::REDISMODULE_CTX_FLAGS_MASTER as c_int != 0
+}
+
 /// Whether this node may grant `key` now. Outside a cluster, always. In a cluster, a key that
 /// is gone may have been migrated away (`MIGRATE` deletes it here) or its slot may be moving
 /// or lost: only grant where Redis itself would accept a command on the key, which
@@ -334,11 +350,7 @@ pub fn released(ctx: &Context, mut key: LockKey, db: c_int, name: &[u8]) {
 /// `CLUSTERDOWN`) once the slot is gone.
 fn served_here(ctx: &Context, key: &Arg) -> bool {
     let raw_ctx = ctx.get_raw();
-    let flags = match unsafe { raw::RedisModule_GetContextFlags } {
-        Some(flags) => unsafe { flags(raw_ctx) },
-        None => 0,
-    };
-    if flags & raw::REDISMODULE_CTX_FLAGS_CLUSTER as c_int == 0 {
+    if context_flags(raw_ctx) & raw::REDISMODULE_CTX_FLAGS_CLUSTER as c_int == 0 {
         return true;
     }
     if !matches!(LockKey::open_read(ctx, key).lock(), Ok(None)) {
@@ -364,7 +376,7 @@ pub fn serve(ctx: &Context, db: c_int, name: &[u8]) {
     let raw_ctx = ctx.get_raw();
     let key_string = key_name(raw_ctx, db, name);
     let key_arg = Arg::from_raw(key_string.inner);
-    if !served_here(ctx, &key_arg) {
+    if !is_master(raw_ctx) || !served_here(ctx, &key_arg) {
         return;
     }
     loop {
@@ -644,10 +656,15 @@ unsafe extern "C" fn on_free(ctx: *mut raw::RedisModuleCtx, data: *mut c_void) {
         return;
     }
     let waiter = unsafe { Box::from_raw(data.cast::<Rc<Waiter>>()) };
+    // A waiter that leaves without a grant (timeout, disconnect, CLIENT UNBLOCK) may have
+    // been what kept those behind it out: a writer ahead of readers, a large semaphore
+    // request ahead of small ones.
+    let unserved = !matches!(waiter.state.get(), State::Granted(_) | State::Refused(_));
     settle(&waiter, State::Gone);
     if let Some(id) = waiter.deadline_timer.take() {
         stop_timer::<Weak<Waiter>>(ctx, id);
     }
+    let mut reserve = false;
     let lease_timer = with_registry(|r| {
         r.clients.remove(&(waiter.client.get() as usize));
         if !waiter.queued.replace(false) {
@@ -658,6 +675,7 @@ unsafe extern "C" fn on_free(ctx: *mut raw::RedisModuleCtx, data: *mut c_void) {
         // Only waiters that timed out or disconnected are still queued here: O(queue) for them.
         queue.waiters.retain(|w| !Rc::ptr_eq(w, &waiter));
         if !queue.waiters.is_empty() {
+            reserve = unserved;
             return None;
         }
         let lease_timer = queues.remove(&waiter.key).and_then(|q| q.lease_timer);
@@ -668,6 +686,9 @@ unsafe extern "C" fn on_free(ctx: *mut raw::RedisModuleCtx, data: *mut c_void) {
     });
     if let Some(id) = lease_timer {
         stop_timer::<(c_int, Box<[u8]>)>(ctx, id);
+    }
+    if reserve {
+        schedule(ctx, waiter.db, &waiter.key);
     }
 }
 

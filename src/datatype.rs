@@ -111,7 +111,8 @@ fn load_lock(rdb: *mut raw::RedisModuleIO, encver: c_int) -> Option<Lock> {
         };
         holds.push(Hold::new(owner, state));
     }
-    Some(Lock::from_holds(holds))
+    let lock = Lock::from_holds(holds);
+    lock.is_consistent().then_some(lock)
 }
 
 unsafe extern "C" fn rdb_save(rdb: *mut raw::RedisModuleIO, value: *mut c_void) {

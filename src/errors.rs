@@ -46,6 +46,7 @@ pub const ERR_FENCE_STALE: &str =
 pub const ERR_FENCE_UNKNOWN: &str =
     "ERR fenced write refused: no holder of the lock has this token";
 pub const ERR_GUARD_CALL: &str = "ERR DLOCK.GUARD could not run the command";
+pub const ERR_GUARD_NESTED: &str = "ERR DLOCK.GUARD cannot run 'dlock.guard': guards do not nest";
 
 /// The command inside `DLOCK.GUARD` may block, which a command run inside another cannot do.
 pub fn err_guard_blocking(command: &str) -> String {

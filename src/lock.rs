@@ -27,14 +27,18 @@ pub enum Mode {
 pub const MAX_LIMIT: u32 = u32::MAX - 1;
 
 impl Mode {
+    /// Exclusive, shared or semaphore, whatever the limit.
+    fn class(self) -> u8 {
+        match self {
+            Mode::Exclusive => 0,
+            Mode::Shared => 1,
+            Mode::Semaphore { .. } => 2,
+        }
+    }
+
     /// Holds of the same owner and class are one hold: re-entry adds to it.
     fn same_class(self, other: Mode) -> bool {
-        matches!(
-            (self, other),
-            (Mode::Exclusive, Mode::Exclusive)
-                | (Mode::Shared, Mode::Shared)
-                | (Mode::Semaphore { .. }, Mode::Semaphore { .. })
-        )
+        self.class() == other.class()
     }
 }
 
@@ -412,6 +416,36 @@ impl Lock {
         }
     }
 
+    /// Whether the holds obey the rules every operation keeps: all of a lock or all of one
+    /// semaphore, whose permits fit its limit; at most one exclusive owner, with no other
+    /// owner's hold beside it; one hold per owner and mode. Every command keeps them (holds
+    /// are pruned before any grant); a forged `RESTORE` payload may not.
+    pub fn is_consistent(&self) -> bool {
+        let holds = self.holds();
+        if holds.len() < 2 {
+            return true;
+        }
+        let mut seen = std::collections::HashSet::new();
+        let unique = holds
+            .iter()
+            .all(|h| seen.insert((&*h.owner, h.mode().class())));
+        let rules = match self.semaphore_limit() {
+            Some(limit) => {
+                holds.iter().all(|h| h.mode() == Mode::Semaphore { limit })
+                    && holds.iter().map(|h| u64::from(h.count)).sum::<u64>() <= u64::from(limit)
+            }
+            None => {
+                let mut writers = holds.iter().filter(|h| h.mode() == Mode::Exclusive);
+                match (writers.next(), writers.next()) {
+                    (None, _) => true,
+                    (Some(_), Some(_)) => false,
+                    (Some(writer), None) => holds.iter().all(|h| *h.owner == *writer.owner),
+                }
+            }
+        };
+        unique && rules
+    }
+
     /// Bytes this lock owns on the heap, for `MEMORY USAGE`.
     pub fn heap_size(&self) -> usize {
         self.holds.heap_size()
@@ -783,6 +817,56 @@ mod tests {
         );
         assert!(!lock.may_pass_queue(b"a", five, NOW));
         assert!(plain.may_pass_queue(b"a", Mode::Shared, NOW));
+    }
+
+    #[test]
+    fn consistency_rejects_what_no_command_could_build() {
+        let hold = |owner: &[u8], token, mode| {
+            let state = HoldState {
+                token,
+                count: 2,
+                lease_end: NOW,
+                mode,
+            };
+            Hold::new(owner.into(), state)
+        };
+        let three = Mode::Semaphore { limit: 3 };
+        let four = Mode::Semaphore { limit: 4 };
+        for (holds, consistent) in [
+            (
+                vec![hold(b"a", 1, Mode::Exclusive), hold(b"a", 2, Mode::Shared)],
+                true,
+            ),
+            (
+                vec![hold(b"a", 1, Mode::Shared), hold(b"b", 2, Mode::Shared)],
+                true,
+            ),
+            (
+                vec![hold(b"a", 1, Mode::Exclusive), hold(b"b", 2, Mode::Shared)],
+                false,
+            ),
+            (
+                vec![
+                    hold(b"a", 1, Mode::Exclusive),
+                    hold(b"b", 2, Mode::Exclusive),
+                ],
+                false,
+            ),
+            (
+                vec![hold(b"a", 1, Mode::Shared), hold(b"a", 2, Mode::Shared)],
+                false,
+            ),
+            (vec![hold(b"a", 1, four), hold(b"b", 2, four)], true),
+            (vec![hold(b"a", 1, three), hold(b"b", 2, three)], false),
+            (vec![hold(b"a", 1, four), hold(b"b", 2, three)], false),
+            (
+                vec![hold(b"a", 1, four), hold(b"b", 2, Mode::Shared)],
+                false,
+            ),
+        ] {
+            let lock = Lock::from_holds(holds.clone());
+            assert_eq!(lock.is_consistent(), consistent, "{holds:?}");
+        }
     }
 
     #[test]

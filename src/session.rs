@@ -3,7 +3,8 @@
 //!
 //! The binding lives only in this server's memory, keyed by client id: a restarted server or a
 //! promoted replica has no sessions, and the lease governs there. A hold is identified by its
-//! key, owner and token, so a disconnect never touches a later hold of the same owner.
+//! key, owner and token, so a disconnect never touches a later hold of the same owner, nor its
+//! other hold of the same key (exclusive and shared at once, during a downgrade).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -22,14 +23,16 @@ struct HoldId {
     db: c_int,
     key: Box<[u8]>,
     owner: Box<[u8]>,
+    token: i64,
 }
 
 impl HoldId {
-    fn new(db: c_int, key: &[u8], owner: &[u8]) -> Self {
+    fn new(db: c_int, key: &[u8], owner: &[u8], token: i64) -> Self {
         HoldId {
             db,
             key: key.into(),
             owner: owner.into(),
+            token,
         }
     }
 }
@@ -37,7 +40,6 @@ impl HoldId {
 #[derive(Clone, Copy)]
 struct Binding {
     client: u64,
-    token: i64,
     /// The lease end last seen: a binding whose lease ended without a release is dropped
     /// when its client's list is swept.
     lease_end: i64,
@@ -94,13 +96,9 @@ pub fn bind(
     lease_end: i64,
     now: i64,
 ) {
-    let id = HoldId::new(db, key, owner);
+    let id = HoldId::new(db, key, owner, token);
     with_sessions(|s| {
-        let binding = Binding {
-            client,
-            token,
-            lease_end,
-        };
+        let binding = Binding { client, lease_end };
         if let Some(old) = s.holds.insert(id.clone(), binding) {
             s.drop_from_client(old.client, &id);
         }
@@ -129,8 +127,8 @@ pub fn lease_changed(db: c_int, key: &[u8], owner: &[u8], token: i64, lease_end:
         if s.holds.is_empty() {
             return;
         }
-        let id = HoldId::new(db, key, owner);
-        if let Some(binding) = s.holds.get_mut(&id).filter(|b| b.token == token) {
+        let id = HoldId::new(db, key, owner, token);
+        if let Some(binding) = s.holds.get_mut(&id) {
             binding.lease_end = lease_end;
         }
     });
@@ -142,10 +140,8 @@ pub fn unbind(db: c_int, key: &[u8], owner: &[u8], token: i64) {
         if s.holds.is_empty() {
             return;
         }
-        let id = HoldId::new(db, key, owner);
-        if s.holds.get(&id).is_some_and(|b| b.token == token)
-            && let Some(binding) = s.holds.remove(&id)
-        {
+        let id = HoldId::new(db, key, owner, token);
+        if let Some(binding) = s.holds.remove(&id) {
             s.drop_from_client(binding.client, &id);
         }
     });
@@ -157,8 +153,7 @@ pub fn is_bound(db: c_int, key: &[u8], owner: &[u8], token: i64) -> bool {
         if s.holds.is_empty() {
             return false;
         }
-        let id = HoldId::new(db, key, owner);
-        s.holds.get(&id).is_some_and(|b| b.token == token)
+        s.holds.contains_key(&HoldId::new(db, key, owner, token))
     })
 }
 
@@ -176,10 +171,10 @@ unsafe extern "C" fn on_client_change(
     let Some(info) = (unsafe { data.cast::<raw::RedisModuleClientInfo>().as_ref() }) else {
         return;
     };
-    let holds: Vec<(HoldId, i64)> = with_sessions(|s| {
+    let holds: Vec<HoldId> = with_sessions(|s| {
         let (ids, _) = s.by_client.remove(&info.id).unwrap_or_default();
         ids.into_iter()
-            .filter_map(|id| s.holds.remove(&id).map(|b| (id, b.token)))
+            .filter(|id| s.holds.remove(id).is_some())
             .collect()
     });
     if holds.is_empty() {
@@ -202,21 +197,25 @@ unsafe extern "C" fn on_release_timer(ctx: *mut raw::RedisModuleCtx, data: *mut 
     if data.is_null() {
         return;
     }
-    let holds = unsafe { Box::from_raw(data.cast::<Vec<(HoldId, i64)>>()) };
+    let holds = unsafe { Box::from_raw(data.cast::<Vec<HoldId>>()) };
     let context = Context::new(ctx);
-    for (id, token) in holds.iter() {
-        release(&context, id, *token);
+    for id in holds.iter() {
+        release(&context, id);
     }
 }
 
-/// Give back every hold of `id` if it still carries `token`, and hand the lock over.
-fn release(ctx: &Context, id: &HoldId, token: i64) {
+/// End the hold `id` (whatever its count) if it is still there, and hand the lock over. Only
+/// a master writes: a server turned replica since the disconnect follows its master.
+fn release(ctx: &Context, id: &HoldId) {
     let raw_ctx = ctx.get_raw();
+    if !blocking::is_master(raw_ctx) {
+        return;
+    }
     let name = blocking::key_name(raw_ctx, id.db, &id.key);
     let key_arg = Arg::from_raw(name.inner);
     let mut key = LockKey::open_write(ctx, &key_arg);
     let Ok(Some(lock)) = key.lock() else { return };
-    let Some(removed) = lock.remove(&id.owner, token) else {
+    let Some(removed) = lock.remove(&id.owner, id.token) else {
         return;
     };
     apply::replicate(ctx, &key_arg, OwnerRef::Bytes(&id.owner), removed);

@@ -213,18 +213,20 @@ fn replies_pass_through_in_the_callers_protocol() {
         guard(&mut c, "lock", token, &["GET", "none"]),
         Ok(Value::Nil)
     );
-    // Guards nest, and a guarded DLOCK command works like any other.
+    // Guards do not nest; a guarded DLOCK command works like any other.
     assert_eq!(
-        cmd("DLOCK.GUARD")
-            .arg("lock")
-            .arg(token)
-            .arg("DLOCK.GUARD")
-            .arg("lock")
-            .arg(token)
-            .arg("INCR")
-            .arg("n")
-            .query(&mut c),
-        Ok(Value::Int(6))
+        error_of(
+            cmd("DLOCK.GUARD")
+                .arg("lock")
+                .arg(token)
+                .arg("dlock.guard")
+                .arg("lock")
+                .arg(token)
+                .arg("INCR")
+                .arg("n")
+                .query(&mut c)
+        ),
+        "ERR DLOCK.GUARD cannot run 'dlock.guard': guards do not nest"
     );
     assert_eq!(
         guard(&mut c, "lock", token, &["DLOCK.RELEASE", "lock", "me"]),
@@ -278,6 +280,20 @@ fn keys_are_declared_for_getkeys_acl_and_routing() {
         .query(&mut admin)
         .unwrap();
     assert_eq!(keys, ["lock"]);
+    // Thousands of nested guards: the key lookup does not recurse through them.
+    let mut nested = vec!["DLOCK.GUARD"];
+    for _ in 0..5_000 {
+        nested.extend(["lock", "1", "DLOCK.GUARD"]);
+    }
+    nested.extend(["lock", "1", "SET", "k", "v"]);
+    let keys: Vec<String> = cmd("COMMAND")
+        .arg("GETKEYS")
+        .arg(&nested[..])
+        .query(&mut admin)
+        .unwrap();
+    assert_eq!(keys, ["lock"]);
+    let pong: String = cmd("PING").query(&mut admin).unwrap();
+    assert_eq!(pong, "PONG");
 
     let _: () = cmd("ACL")
         .arg(
@@ -418,5 +434,26 @@ fn transactions_scripts_and_maxmemory_apply() {
     assert_eq!(
         guard(&mut c, "lock", token, &["DEL", "k"]),
         Ok(Value::Int(1))
+    );
+}
+
+#[test]
+fn a_renamed_command_is_guarded_by_its_new_name() {
+    let server = Server::with_config(&[("rename-command", "SET PUT")]);
+    let mut c = server.client();
+    let token = grant(&mut c, "lock", "me", 60_000);
+    assert_eq!(
+        guard(&mut c, "lock", token, &["put", "data", "v"]),
+        Ok(Value::Okay)
+    );
+    assert_eq!(
+        guard(&mut c, "lock", token, &["PUT", "data", "w"]),
+        Ok(Value::Okay)
+    );
+    assert_eq!(get(&mut c, "data"), Some("w".into()));
+    let unknown = error_of(guard(&mut c, "lock", token, &["SET", "data", "x"]));
+    assert!(
+        unknown.starts_with("ERR unknown command 'SET'"),
+        "{unknown}"
     );
 }

@@ -518,3 +518,49 @@ fn shared_holders_leave_no_memory_behind() {
         "used_memory {baseline} -> {after}"
     );
 }
+
+#[test]
+fn a_waiter_that_gives_up_lets_the_ones_behind_it_in() {
+    let server = Server::start();
+    let mut c = server.client();
+    shared(&mut c, "k", "reader", 60_000);
+    // A writer waits 200 ms for the reader; a second reader queues behind it.
+    let mut writer = server.client();
+    let command = cmd("DLOCK.ACQUIRE")
+        .arg(&["k", "writer", "60000", "WAIT", "200"][..])
+        .get_packed_command();
+    writer.send_packed_command(&command).unwrap();
+    wait_until("the writer to queue", || waiters(&mut c, "k") == 1);
+    let mut late = waiting_in(&server, "k", "late", &["SHARED"]);
+    wait_until("the late reader to queue", || waiters(&mut c, "k") == 2);
+    let started = Instant::now();
+    writer
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    assert_eq!(writer.recv_response().unwrap(), Value::Nil);
+    // Once the writer has given up, nothing keeps the late reader out.
+    granted(&mut late);
+    assert!(started.elapsed() < Duration::from_millis(500));
+    assert_eq!(field(&mut c, "k", "holders"), "2");
+}
+
+#[test]
+fn a_downgrading_session_holder_loses_both_holds_when_it_disconnects() {
+    let server = Server::start();
+    let mut c = server.client();
+    let mut holder = server.client();
+    for words in [&["SESSION"][..], &["SHARED", "SESSION"][..]] {
+        let _: i64 = cmd("DLOCK.ACQUIRE")
+            .arg(&["k", "h", "600000"][..])
+            .arg(words)
+            .query(&mut holder)
+            .unwrap();
+    }
+    let bound: Vec<(String, i64)> = holders(&mut c, "k")
+        .into_iter()
+        .map(|h| (h.mode, h.session))
+        .collect();
+    assert_eq!(bound, [("exclusive".into(), 1), ("shared".into(), 1)]);
+    drop(holder);
+    wait_until("both holds to go", || info(&mut c, "k").is_none());
+}

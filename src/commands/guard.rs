@@ -8,7 +8,8 @@
 //! patterns and cluster routing (`CROSSSLOT`) see all of them.
 //!
 //! Commands that could block, or that cannot run inside another command (Redis's `noscript`
-//! flag: `MULTI`, `WATCH`, `SUBSCRIBE`, ...), are refused. The flags come from `COMMAND INFO`
+//! flag: `MULTI`, `WATCH`, `SUBSCRIBE`, ...), are refused, and so is a guard inside a guard
+//! (each level would copy the arguments and recurse through the server). The flags come from `COMMAND INFO`
 //! the first time a command is guarded and are kept until a module is loaded or unloaded.
 
 use std::cell::RefCell;
@@ -22,8 +23,8 @@ use redis_module::{Context, RedisError, RedisResult, RedisValue, raw};
 
 use super::{Arg, now_ms};
 use crate::errors::{
-    ERR_FENCE_NOT_HELD, ERR_FENCE_STALE, ERR_FENCE_UNKNOWN, ERR_GUARD_CALL, ERR_TOKEN,
-    err_guard_blocking, err_guard_noscript,
+    ERR_FENCE_NOT_HELD, ERR_FENCE_STALE, ERR_FENCE_UNKNOWN, ERR_GUARD_CALL, ERR_GUARD_NESTED,
+    ERR_TOKEN, err_guard_blocking, err_guard_noscript,
 };
 use crate::key::LockKey;
 use crate::lock::FenceError;
@@ -169,6 +170,14 @@ fn declare_keys(ctx: *mut raw::RedisModuleCtx, args: &[Arg]) {
     let Some(command) = args.get(3..).filter(|c| !c.is_empty()) else {
         return;
     };
+    // Guards do not nest (refused when run); asking for a nested guard's keys would recurse
+    // through this function once per level.
+    if command
+        .first()
+        .is_some_and(|name| name.as_bytes().eq_ignore_ascii_case(b"dlock.guard"))
+    {
+        return;
+    }
     let Ok(argc) = c_int::try_from(command.len()) else {
         return;
     };
@@ -214,7 +223,8 @@ enum Kind {
 
 /// What `COMMAND INFO` says about one command or subcommand.
 struct Known {
-    /// The name to call: the command's, also for a subcommand.
+    /// The name to call: the command's as the client wrote it (so a `rename-command`d name
+    /// works), also for a subcommand.
     call_name: CString,
     /// Redis's full name, `get` or `client|kill`, for error messages.
     full_name: String,
@@ -222,8 +232,8 @@ struct Known {
 }
 
 thread_local! {
-    /// Known commands by lowercase full name. Bounded by the server's command table: only
-    /// names `COMMAND INFO` knows are kept.
+    /// Known commands by the lowercase name clients call them by (`get`, `client|kill`).
+    /// Bounded by the server's command table: only names `COMMAND INFO` knows are kept.
     static KNOWN: RefCell<HashMap<Box<[u8]>, Rc<Known>>> = RefCell::default();
 }
 
@@ -244,6 +254,9 @@ impl Callee {
             return Err(RedisError::WrongArity);
         };
         let lower = name.as_bytes().to_ascii_lowercase();
+        if lower == b"dlock.guard" {
+            return Err(RedisError::Str(ERR_GUARD_NESTED));
+        }
         let known = lookup(&lower).or_else(|| {
             learn(ctx, name);
             lookup(&lower)
@@ -298,15 +311,17 @@ fn learn(ctx: *mut raw::RedisModuleCtx, name: &Arg) {
     if reply.is_null() {
         return;
     }
-    if let Some(entry) = element(reply, 0) {
-        remember(entry, None);
+    let asked = name.as_bytes().to_ascii_lowercase();
+    if let (Some(entry), Ok(call_name)) = (element(reply, 0), CString::new(asked.clone())) {
+        remember(entry, asked, &call_name);
     }
     unsafe { free(reply) };
 }
 
-/// Record one `COMMAND INFO` entry: `[name, arity, flags, first, last, step, acl categories,
-/// tips, key specs, subcommands]`.
-fn remember(entry: *mut raw::RedisModuleCallReply, command: Option<&CString>) {
+/// Record one `COMMAND INFO` entry — `[name, arity, flags, first, last, step, acl
+/// categories, tips, key specs, subcommands]` — under `called`, the name a client calls it
+/// by, and its subcommands under `called|sub`.
+fn remember(entry: *mut raw::RedisModuleCallReply, called: Vec<u8>, call_name: &CString) {
     let Some(full_name) = element(entry, 0).and_then(string) else {
         return;
     };
@@ -323,24 +338,24 @@ fn remember(entry: *mut raw::RedisModuleCallReply, command: Option<&CString>) {
     } else {
         Kind::Runs
     };
-    let call_name = match command {
-        Some(command) => command.clone(),
-        None => match CString::new(full_name.clone()) {
-            Ok(name) => name,
-            Err(_) => return,
-        },
-    };
     for subcommand in &subcommands {
-        remember(*subcommand, Some(&call_name));
+        let Some(sub) = element(*subcommand, 0).and_then(string) else {
+            continue;
+        };
+        let sub = sub.rsplit(|b| *b == b'|').next().unwrap_or_default();
+        let mut sub_called = called.clone();
+        sub_called.push(b'|');
+        sub_called.extend(sub.iter().map(u8::to_ascii_lowercase));
+        remember(*subcommand, sub_called, call_name);
     }
     let known = Known {
-        call_name,
+        call_name: call_name.clone(),
         full_name: String::from_utf8_lossy(&full_name).into_owned(),
         kind,
     };
     KNOWN.with(|k| {
         if let Ok(mut k) = k.try_borrow_mut() {
-            k.insert(full_name.into_boxed_slice(), Rc::new(known));
+            k.insert(called.into_boxed_slice(), Rc::new(known));
         }
     });
 }

@@ -135,7 +135,13 @@ impl Server {
             command.arg("--loadmodule").arg(module_path()).args(args);
         }
         for (name, value) in &self.config {
-            command.arg(format!("--{name}")).arg(value);
+            command.arg(format!("--{name}"));
+            // A directive of several words (`rename-command SET PUT`) takes them as arguments.
+            if value.contains(' ') {
+                command.args(value.split_whitespace());
+            } else {
+                command.arg(value);
+            }
         }
         let child = command
             .stdout(Stdio::null())
