@@ -4,10 +4,12 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use super::{Connection, Server, cmd, wait_until};
+use super::{Connection, Server, cmd, wait_until_within};
 
 /// Nodes agree on failures within about this long (and replicas take over after it).
 const NODE_TIMEOUT_MS: &str = "1000";
+/// How long a cluster may take to settle (formation, failover) on a busy machine.
+const SLOW: Duration = Duration::from_secs(30);
 
 pub struct Cluster {
     /// Masters first, then replicas, as `--cluster create` pairs them.
@@ -48,7 +50,7 @@ impl Cluster {
     pub fn wait_until_ok(&self) {
         for node in self.nodes.iter().filter(|n| n.is_running()) {
             let mut c = node.client();
-            wait_until("the cluster to be ok on every node", || {
+            wait_until_within("the cluster to be ok on every node", SLOW, || {
                 let info: String = cmd("CLUSTER").arg("INFO").query(&mut c).unwrap_or_default();
                 let replication: String = cmd("INFO")
                     .arg("replication")
@@ -66,7 +68,7 @@ impl Cluster {
     /// cluster is ok again.
     pub fn wait_for_promotion(&self, replica: usize) {
         let mut r = self.nodes[replica].client();
-        wait_until("the replica to be promoted", || {
+        wait_until_within("the replica to be promoted", SLOW, || {
             let role: String = cmd("INFO")
                 .arg("replication")
                 .query(&mut r)

@@ -286,8 +286,14 @@ fn free_cluster_port() -> u16 {
 }
 
 /// Poll `condition` every few milliseconds until it holds, failing the test after 10 s.
-pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
+pub fn wait_until(what: &str, condition: impl FnMut() -> bool) {
+    wait_until_within(what, Duration::from_secs(10), condition);
+}
+
+/// `wait_until` with another limit, for what a busy machine may slow down a lot (a cluster
+/// noticing a dead master and electing its replica).
+pub fn wait_until_within(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
     while !condition() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         sleep(Duration::from_millis(5));
