@@ -277,8 +277,8 @@ pub fn watch_leases(ctx: *mut raw::RedisModuleCtx, db: c_int, key: &[u8], lock: 
     with_registry(|r| r.prune_timers.insert((db, key.into()), (id, next)));
 }
 
-/// A hold of a key with several holds reached its lease end: remove it (with waiters, serving
-/// them does that), then watch the next one.
+/// A hold of a key with several holds reached its lease end: serving the key removes it (and
+/// grants whoever waited for it), then watches the next one.
 unsafe extern "C" fn on_prune(ctx: *mut raw::RedisModuleCtx, data: *mut c_void) {
     if data.is_null() {
         return;
@@ -286,27 +286,7 @@ unsafe extern "C" fn on_prune(ctx: *mut raw::RedisModuleCtx, data: *mut c_void) 
     let target = unsafe { Box::from_raw(data.cast::<(c_int, Box<[u8]>)>()) };
     let (db, key) = *target;
     with_registry(|r| r.prune_timers.remove(&(db, key.clone())));
-    let context = Context::new(ctx);
-    if !is_master(ctx) {
-        return;
-    }
-    if waiting(db, &key) > 0 {
-        serve(&context, db, &key);
-        return;
-    }
-    let name = key_name(ctx, db, &key);
-    let key_arg = Arg::from_raw(name.inner);
-    let mut lock_key = LockKey::open_write(&context, &key_arg);
-    let Ok(Some(lock)) = lock_key.lock() else {
-        return;
-    };
-    let now = now_ms();
-    let pruned = lock.prune(now);
-    watch_leases(ctx, db, &key, lock, now);
-    if !pruned.is_empty() {
-        acquire::expired(&context, &key_arg, &pruned);
-        lock_key.commit();
-    }
+    serve(&Context::new(ctx), db, &key);
 }
 
 /// Select database `db` and make a key name for it: for contexts that did not come from a
@@ -370,8 +350,9 @@ fn served_here(ctx: &Context, key: &Arg) -> bool {
 }
 
 /// Hand `key` to its waiters, first come first served, for as long as the next one can have
-/// it; then arm the timer for the holder's lease end. A lock left with no hold (released for
-/// a hand-over that found nobody left waiting) is deleted.
+/// it; then arm the timer for the holder's lease end. Holds whose lease ended are removed on
+/// the way, and a lock left with no hold (released for a hand-over that found nobody left
+/// waiting) is deleted.
 pub fn serve(ctx: &Context, db: c_int, name: &[u8]) {
     let raw_ctx = ctx.get_raw();
     let key_string = key_name(raw_ctx, db, name);
@@ -386,8 +367,17 @@ pub fn serve(ctx: &Context, db: c_int, name: &[u8]) {
                 if let Some(id) = lease_timer {
                     stop_timer::<(c_int, Box<[u8]>)>(raw_ctx, id);
                 }
+                // Nobody to serve: remove the holds whose lease ended, and a lock left empty.
                 let mut key = LockKey::open_write(ctx, &key_arg);
-                if matches!(key.lock(), Ok(Some(lock)) if lock.is_empty()) {
+                let Ok(Some(lock)) = key.lock() else {
+                    return;
+                };
+                let now = now_ms();
+                let pruned = lock.prune(now);
+                watch_leases(raw_ctx, db, name, lock, now);
+                let empty = lock.is_empty();
+                acquire::expired(ctx, &key_arg, &pruned);
+                if !pruned.is_empty() || empty {
                     key.commit();
                 }
                 return;

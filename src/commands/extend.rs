@@ -33,18 +33,15 @@ pub fn run(ctx: &Context, args: &[Arg]) -> RedisResult {
     let args = ExtendArgs::parse(args, now)?;
     let mut key = LockKey::open_write(ctx, args.key);
     let lease_end = args.ttl.lease_end(now);
-    let owner = args.owner.as_bytes();
-    let mut tokens = [None, None];
+    let (owner, key_name) = (args.owner.as_bytes(), args.key.as_bytes());
     let db = blocking::selected_db(ctx.get_raw());
     let extended = match key.lock()? {
         Some(lock) => {
             let extended = lock.extend(owner, now, lease_end, |state| {
                 apply::replicate(ctx, args.key, OwnerRef::Arg(args.owner), state);
-                if let Some(slot) = tokens.iter_mut().find(|t| t.is_none()) {
-                    *slot = Some(state.token);
-                }
+                session::lease_changed(db, key_name, owner, state.token, lease_end);
             });
-            blocking::watch_leases(ctx.get_raw(), db, args.key.as_bytes(), lock, now);
+            blocking::watch_leases(ctx.get_raw(), db, key_name, lock, now);
             extended
         }
         None => false,
@@ -57,9 +54,6 @@ pub fn run(ctx: &Context, args: &[Arg]) -> RedisResult {
     metrics::notify(ctx.get_raw(), events::EXTENDED, args.key.raw());
     key.commit();
     drop(key);
-    blocking::lease_changed(ctx.get_raw(), db, args.key.as_bytes(), lease_end);
-    for token in tokens.into_iter().flatten() {
-        session::lease_changed(db, args.key.as_bytes(), owner, token, lease_end);
-    }
+    blocking::lease_changed(ctx.get_raw(), db, key_name, lease_end);
     Ok(RedisValue::Integer(1))
 }
