@@ -375,10 +375,7 @@ fn read_only_key_permissions_allow_info_but_not_writes() {
         .arg(&["SETUSER", "reader", "on", ">pw", "%R~*", "+@all"][..])
         .query(&mut admin)
         .unwrap();
-    let mut c = redis::Client::open(format!("redis://reader:pw@127.0.0.1:{}/", server.port))
-        .unwrap()
-        .get_connection()
-        .unwrap();
+    let mut c = server.client_as("reader", "pw");
     assert_eq!(info(&mut c, "k").map(|i| i.0), Some("w".into()));
     for err in [
         error_of(cmd("DLOCK.ACQUIRE").arg("k").arg("x").arg(10).query(&mut c)),

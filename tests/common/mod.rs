@@ -194,6 +194,17 @@ impl Server {
         c
     }
 
+    /// A connection logged in as ACL user `user`.
+    pub fn client_as(&self, user: &str, password: &str) -> Connection {
+        let url = format!("redis://{user}:{password}@127.0.0.1:{}/", self.port);
+        let c = redis::Client::open(url)
+            .and_then(|c| c.get_connection())
+            .expect("connect to the test server as an ACL user");
+        c.set_read_timeout(Some(REPLY_TIMEOUT))
+            .expect("set a read timeout");
+        c
+    }
+
     pub fn client_resp3(&self) -> Connection {
         let c = redis::Client::open(format!("redis://127.0.0.1:{}/?protocol=resp3", self.port))
             .and_then(|c| c.get_connection())
@@ -548,6 +559,12 @@ pub fn run_python(name: &str, port: u16) -> Vec<String> {
     );
     stdout.lines().map(str::to_string).collect()
 }
+
+/// A key outside a user's ACL patterns, refused as Redis 7.0 and 7.2+ word it.
+pub const NOPERM_KEY: [&str; 2] = [
+    "NOPERM this user has no permissions to access one of the keys used as arguments",
+    "NOPERM No permissions to access a key",
+];
 
 /// The error text of a command that must fail.
 pub fn error_of(result: RedisResult<Value>) -> String {
