@@ -118,13 +118,105 @@ struct Grant {
     ttl: i64,
     sent: Instant,
     received: Instant,
-    release_sent: Option<Instant>,
+    release_sent: Instant,
 }
 
 /// The server millisecond a token was issued at (4096 tokens per ms while the wall clock
 /// leads, which these runs never outpace).
 fn issued_ms(token: i64) -> i64 {
     token / 4096 + EPOCH_MS
+}
+
+/// A grant one contender got, before it holds and releases the lock.
+struct Taken<T> {
+    client: usize,
+    owner: String,
+    key: String,
+    ttl: i64,
+    token: i64,
+    sent: Instant,
+    received: Instant,
+    /// What the request asked for besides the key (its mode, say).
+    asked: T,
+}
+
+/// `clients` contenders take `grants` grants between them: half block with `WAIT`, half
+/// retry after a short sleep, every lease 20–50 ms. `ask` picks the key, the ACQUIRE words
+/// after the lease, and what to remember of the request; `hold` works while the lock is held,
+/// releases it (`release_now`) and returns the grant's record. Every contender must finish
+/// within the deadline: no lost wake-up, no stuck waiter.
+fn contend<T: 'static, R: Send + 'static>(
+    server: &Server,
+    clients: usize,
+    grants: usize,
+    seed: u64,
+    ask: impl Fn(&mut Rng) -> (String, Vec<String>, T) + Send + Sync + 'static,
+    hold: impl Fn(&mut Connection, &mut Rng, Taken<T>) -> R + Send + Sync + 'static,
+) -> Vec<R> {
+    let (ask, hold) = (Arc::new(ask), Arc::new(hold));
+    let records = Arc::new(Mutex::new(Vec::new()));
+    let deadline = Instant::now() + Duration::from_secs(if torture() { 600 } else { 60 });
+    let per_client = grants.div_ceil(clients);
+    let threads: Vec<_> = (0..clients)
+        .map(|client| {
+            let mut c = server.client();
+            let (ask, hold, records) = (Arc::clone(&ask), Arc::clone(&hold), Arc::clone(&records));
+            thread::spawn(move || {
+                let mut rng = Rng::new(client as u64 + seed);
+                let owner = format!("client-{client}");
+                let blocking = client % 2 == 0;
+                let mut done = 0;
+                while done < per_client {
+                    assert!(Instant::now() < deadline, "client {client} is stuck");
+                    let (key, words, asked) = ask(&mut rng);
+                    let ttl = 20 + rng.below(30) as i64;
+                    let mut command = cmd("DLOCK.ACQUIRE");
+                    command.arg(&key).arg(&owner).arg(ttl).arg(&words);
+                    if blocking {
+                        command.arg("WAIT").arg(2_000);
+                    }
+                    let sent = Instant::now();
+                    let reply: Value = command.query(&mut c).expect("acquire");
+                    let received = Instant::now();
+                    let Value::Int(token) = reply else {
+                        if !blocking {
+                            thread::sleep(Duration::from_micros(200 + rng.below(800)));
+                        }
+                        continue;
+                    };
+                    let taken = Taken {
+                        client,
+                        owner: owner.clone(),
+                        key,
+                        ttl,
+                        token,
+                        sent,
+                        received,
+                        asked,
+                    };
+                    let record = hold(&mut c, &mut rng, taken);
+                    records.lock().unwrap().push(record);
+                    done += 1;
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join()
+            .expect("every client finishes (no lost wake-up, no stuck waiter)");
+    }
+    std::mem::take(&mut *records.lock().unwrap())
+}
+
+/// Give back `key`; when the release was sent.
+fn release_now(c: &mut Connection, key: &str, owner: &str) -> Instant {
+    let sent = Instant::now();
+    let _: i64 = cmd("DLOCK.RELEASE")
+        .arg(key)
+        .arg(owner)
+        .query(c)
+        .expect("release");
+    sent
 }
 
 #[test]
@@ -145,85 +237,44 @@ fn safety_checker(fence: Fence) {
     };
     let server = Server::start();
     let resource = Arc::new(Mutex::new(Resource::default()));
-    let history: Arc<Mutex<Vec<Grant>>> = Arc::new(Mutex::new(vec![]));
-    let deadline = Instant::now() + Duration::from_secs(if torture() { 600 } else { 60 });
-    let threads: Vec<_> = (0..clients)
-        .map(|client| {
-            let mut c = server.client();
-            let (resource, history) = (Arc::clone(&resource), Arc::clone(&history));
-            let per_client = grants_target.div_ceil(clients);
-            thread::spawn(move || {
-                let mut rng = Rng::new(client as u64 + 1);
-                let owner = format!("client-{client}");
-                let blocking = client % 2 == 0;
-                let mut done = 0;
-                while done < per_client {
-                    assert!(Instant::now() < deadline, "client {client} is stuck");
-                    let key = format!("safety:{}", rng.below(keys));
-                    let ttl = 20 + rng.below(30) as i64;
-                    let sent = Instant::now();
-                    let mut command = cmd("DLOCK.ACQUIRE");
-                    command.arg(&key).arg(&owner).arg(ttl);
-                    if blocking {
-                        command.arg("WAIT").arg(2_000);
-                    }
-                    let reply: Value = command.query(&mut c).expect("acquire");
-                    let received = Instant::now();
-                    let Value::Int(token) = reply else {
-                        if !blocking {
-                            thread::sleep(Duration::from_micros(200 + rng.below(800)));
-                        }
-                        continue;
-                    };
-                    let mut grant = Grant {
-                        key: key.clone(),
-                        client,
-                        token,
-                        ttl,
-                        sent,
-                        received,
-                        release_sent: None,
-                    };
-                    // Claim the resource, then maybe stall past the lease (a GC pause), then
-                    // write again: that write must be refused if someone else got the lock.
-                    let write = |c: &mut Connection| match fence {
-                        Fence::Resource => resource.lock().unwrap().write(&key, token),
-                        Fence::Guard => {
-                            let accepted = guarded_write(c, &key, token);
-                            resource.lock().unwrap().count(accepted);
-                            accepted
-                        }
-                    };
-                    write(&mut c);
-                    if rng.chance(10) {
-                        thread::sleep(Duration::from_millis(ttl as u64 + 15));
-                        let accepted = write(&mut c);
-                        // Through GUARD an ended lease alone refuses the write.
-                        assert!(
-                            fence == Fence::Resource || !accepted,
-                            "guarded write accepted after the lease ended"
-                        );
-                    } else {
-                        thread::sleep(Duration::from_micros(rng.below(300)));
-                        write(&mut c);
-                    }
-                    grant.release_sent = Some(Instant::now());
-                    let _: i64 = cmd("DLOCK.RELEASE")
-                        .arg(&key)
-                        .arg(&owner)
-                        .query(&mut c)
-                        .expect("release");
-                    history.lock().unwrap().push(grant);
-                    done += 1;
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join()
-            .expect("every client finishes (no lost wake-up, no stuck waiter)");
-    }
-    let history = history.lock().unwrap().clone();
+    let ask = move |rng: &mut Rng| (format!("safety:{}", rng.below(keys)), vec![], ());
+    let shared = Arc::clone(&resource);
+    let hold = move |c: &mut Connection, rng: &mut Rng, taken: Taken<()>| {
+        let (key, token) = (&taken.key, taken.token);
+        // Claim the resource, then maybe stall past the lease (a GC pause), then write
+        // again: that write must be refused if someone else got the lock.
+        let write = |c: &mut Connection| match fence {
+            Fence::Resource => shared.lock().unwrap().write(key, token),
+            Fence::Guard => {
+                let accepted = guarded_write(c, key, token);
+                shared.lock().unwrap().count(accepted);
+                accepted
+            }
+        };
+        write(c);
+        if rng.chance(10) {
+            thread::sleep(Duration::from_millis(taken.ttl as u64 + 15));
+            let accepted = write(c);
+            // Through GUARD an ended lease alone refuses the write.
+            assert!(
+                fence == Fence::Resource || !accepted,
+                "guarded write accepted after the lease ended"
+            );
+        } else {
+            thread::sleep(Duration::from_micros(rng.below(300)));
+            write(c);
+        }
+        Grant {
+            release_sent: release_now(c, key, &taken.owner),
+            key: taken.key,
+            client: taken.client,
+            token,
+            ttl: taken.ttl,
+            sent: taken.sent,
+            received: taken.received,
+        }
+    };
+    let history = contend(&server, clients, grants_target, 1, ask, hold);
     let mut resource = resource.lock().unwrap();
     if fence == Fence::Guard {
         // Redis's own log of accepted writes, in the order it ran them.
@@ -273,7 +324,7 @@ fn safety_checker(fence: Fence) {
             );
             // Mutual exclusion on the server's clock: if b was granted before a even sent its
             // release, a's lease had ended by then.
-            let released_after = a.release_sent.is_some_and(|sent| b.received < sent);
+            let released_after = b.received < a.release_sent;
             if released_after {
                 let lease_end = issued_ms(a.token) + a.ttl;
                 assert!(
@@ -332,79 +383,41 @@ fn safety_checker_for_shared_locks_and_semaphores() {
         if torture() { (32, 40_000) } else { (24, 1_500) };
     const LIMIT: i64 = 3;
     let server = Server::start();
-    let history: Arc<Mutex<Vec<ModeGrant>>> = Arc::new(Mutex::new(vec![]));
-    let deadline = Instant::now() + Duration::from_secs(if torture() { 600 } else { 60 });
-    let threads: Vec<_> = (0..clients)
-        .map(|client| {
-            let mut c = server.client();
-            let history = Arc::clone(&history);
-            let per_client = grants_target.div_ceil(clients);
-            thread::spawn(move || {
-                let mut rng = Rng::new(client as u64 + 101);
-                let owner = format!("client-{client}");
-                let blocking = client % 2 == 0;
-                let mut done = 0;
-                while done < per_client {
-                    assert!(Instant::now() < deadline, "client {client} is stuck");
-                    // Half the grants on two read-write locks, half on two semaphores.
-                    let semaphore = rng.chance(50);
-                    let key = format!("{}:{}", if semaphore { "sem" } else { "rw" }, rng.below(2));
-                    let ttl = 20 + rng.below(30) as i64;
-                    let mut command = cmd("DLOCK.ACQUIRE");
-                    command.arg(&key).arg(&owner).arg(ttl);
-                    let (exclusive, permits) = if semaphore {
-                        let n = 1 + rng.below(2) as i64;
-                        command.arg("SEMAPHORE").arg(LIMIT).arg("PERMITS").arg(n);
-                        (false, n)
-                    } else if rng.chance(30) {
-                        (true, 1)
-                    } else {
-                        command.arg("SHARED");
-                        (false, 1)
-                    };
-                    if blocking {
-                        command.arg("WAIT").arg(2_000);
-                    }
-                    let sent = Instant::now();
-                    let reply: Value = command.query(&mut c).expect("acquire");
-                    let received = Instant::now();
-                    let Value::Int(token) = reply else {
-                        if !blocking {
-                            thread::sleep(Duration::from_micros(200 + rng.below(800)));
-                        }
-                        continue;
-                    };
-                    if rng.chance(10) {
-                        thread::sleep(Duration::from_millis(ttl as u64 + 15));
-                    } else {
-                        thread::sleep(Duration::from_micros(rng.below(500)));
-                    }
-                    let release_sent = Instant::now();
-                    let _: i64 = cmd("DLOCK.RELEASE")
-                        .arg(&key)
-                        .arg(&owner)
-                        .query(&mut c)
-                        .expect("release");
-                    history.lock().unwrap().push(ModeGrant {
-                        key,
-                        token,
-                        ttl,
-                        exclusive,
-                        permits,
-                        sent,
-                        received,
-                        release_sent,
-                    });
-                    done += 1;
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join()
-            .expect("every client finishes (no lost wake-up, no stuck waiter)");
-    }
-    let mut history = history.lock().unwrap().clone();
+    // Half the grants on two read-write locks, half on two semaphores.
+    let ask = |rng: &mut Rng| {
+        let semaphore = rng.chance(50);
+        let key = format!("{}:{}", if semaphore { "sem" } else { "rw" }, rng.below(2));
+        if semaphore {
+            let n = 1 + rng.below(2) as i64;
+            let words = ["SEMAPHORE", &LIMIT.to_string(), "PERMITS", &n.to_string()]
+                .map(String::from)
+                .to_vec();
+            (key, words, (false, n))
+        } else if rng.chance(30) {
+            (key, vec![], (true, 1))
+        } else {
+            (key, vec!["SHARED".to_string()], (false, 1))
+        }
+    };
+    let hold = |c: &mut Connection, rng: &mut Rng, taken: Taken<(bool, i64)>| {
+        if rng.chance(10) {
+            thread::sleep(Duration::from_millis(taken.ttl as u64 + 15));
+        } else {
+            thread::sleep(Duration::from_micros(rng.below(500)));
+        }
+        let (exclusive, permits) = taken.asked;
+        ModeGrant {
+            release_sent: release_now(c, &taken.key, &taken.owner),
+            key: taken.key,
+            token: taken.token,
+            ttl: taken.ttl,
+            exclusive,
+            permits,
+            sent: taken.sent,
+            received: taken.received,
+        }
+    };
+    let mut history = contend(&server, clients, grants_target, 101, ask, hold);
     history.sort_by_key(|g| g.received);
     let mut seen = HashSet::new();
     let (mut pairs, mut overlaps, mut peak) = (0u64, 0u64, 0i64);
