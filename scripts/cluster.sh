@@ -12,6 +12,24 @@ root=$(pwd)/target/cluster
 module=$(pwd)/target/release/libdlock.so
 ports=$(seq "$base" $((base + 5)))
 
+# Run a command every 0.1 s until it succeeds; after TRIES failures say MESSAGE and stop.
+wait_for() {
+    tries=$1 message=$2
+    shift 2
+    until "$@" >/dev/null 2>&1; do
+        tries=$((tries - 1))
+        if [ "$tries" -le 0 ]; then
+            echo "$message" >&2
+            exit 1
+        fi
+        sleep 0.1
+    done
+}
+
+cluster_ok() {
+    redis-cli -p "$base" cluster info | grep -q cluster_state:ok
+}
+
 stop() {
     for port in $ports; do
         redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true
@@ -34,30 +52,15 @@ start() {
         fi
     done
     for port in $ports; do
-        tries=0
-        until redis-cli -p "$port" ping >/dev/null 2>&1; do
-            tries=$((tries + 1))
-            if [ "$tries" -gt 100 ]; then
-                echo "node $port did not start; see $root/$port/redis.log" >&2
-                exit 1
-            fi
-            sleep 0.1
-        done
+        wait_for 100 "node $port did not start; see $root/$port/redis.log" \
+            redis-cli -p "$port" ping
     done
     if [ "$created" = no ]; then
         # shellcheck disable=SC2046
         redis-cli --cluster create $(for p in $ports; do printf '127.0.0.1:%s ' "$p"; done) \
             --cluster-replicas 1 --cluster-yes >"$root/create.log"
     fi
-    tries=0
-    until redis-cli -p "$base" cluster info | grep -q cluster_state:ok; do
-        tries=$((tries + 1))
-        if [ "$tries" -gt 300 ]; then
-            echo "the cluster did not come up; see $root/*/redis.log" >&2
-            exit 1
-        fi
-        sleep 0.1
-    done
+    wait_for 300 "the cluster did not come up; see $root/*/redis.log" cluster_ok
     cat <<MSG
 Redis Cluster with dlock: 3 masters + 3 replicas on 127.0.0.1:$base-$((base + 5)).
 
