@@ -31,6 +31,7 @@ use crate::commands::{Arg, Ttl, acquire, now_ms};
 use crate::config;
 use crate::errors::{ERR_BLOCK, err_too_many_waiters};
 use crate::key::LockKey;
+use crate::local;
 use crate::lock::{Acquired, Lock, Mode};
 use crate::metrics::{self, events};
 use crate::session;
@@ -106,15 +107,9 @@ thread_local! {
     static REGISTRY: RefCell<Registry> = RefCell::default();
 }
 
-/// Run `f` on the registry. Nothing in here calls into Redis while the registry is borrowed,
-/// so the borrow cannot fail; should it ever, the caller gets `T::default()` rather than a
-/// panic that would take the server down.
+/// Run `f` on the registry (see `local::with`).
 fn with_registry<T: Default>(f: impl FnOnce(&mut Registry) -> T) -> T {
-    REGISTRY
-        .try_with(|r| r.try_borrow_mut().ok().map(|mut r| f(&mut r)))
-        .ok()
-        .flatten()
-        .unwrap_or_default()
+    local::with(&REGISTRY, f)
 }
 
 /// How many clients wait for `key` in database `db`.

@@ -26,6 +26,7 @@ mod docs;
 mod errors;
 mod holds;
 mod key;
+mod local;
 mod lock;
 mod metrics;
 mod session;

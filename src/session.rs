@@ -16,6 +16,7 @@ use crate::blocking;
 use crate::commands::Arg;
 use crate::commands::apply::{self, OwnerRef};
 use crate::key::LockKey;
+use crate::local;
 use crate::metrics::{self, events};
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -68,14 +69,9 @@ thread_local! {
     static SESSIONS: RefCell<Sessions> = RefCell::default();
 }
 
-/// Like the blocking registry: never borrowed across a call into Redis; a failed borrow
-/// yields the default instead of a panic.
+/// Run `f` on the session bindings (see `local::with`).
 fn with_sessions<T: Default>(f: impl FnOnce(&mut Sessions) -> T) -> T {
-    SESSIONS
-        .try_with(|s| s.try_borrow_mut().ok().map(|mut s| f(&mut s)))
-        .ok()
-        .flatten()
-        .unwrap_or_default()
+    local::with(&SESSIONS, f)
 }
 
 pub fn client_id(ctx: *mut raw::RedisModuleCtx) -> u64 {

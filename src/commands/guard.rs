@@ -27,6 +27,7 @@ use crate::errors::{
     ERR_TOKEN, err_guard_blocking, err_guard_noscript,
 };
 use crate::key::LockKey;
+use crate::local;
 use crate::lock::FenceError;
 use crate::metrics;
 
@@ -238,7 +239,7 @@ thread_local! {
 }
 
 fn lookup(full_name: &[u8]) -> Option<Rc<Known>> {
-    KNOWN.with(|known| known.try_borrow().ok()?.get(full_name).cloned())
+    local::with(&KNOWN, |known| known.get(full_name).cloned())
 }
 
 /// The command to run, or why it may not.
@@ -353,10 +354,8 @@ fn remember(entry: *mut raw::RedisModuleCallReply, called: Vec<u8>, call_name: &
         full_name: String::from_utf8_lossy(&full_name).into_owned(),
         kind,
     };
-    KNOWN.with(|k| {
-        if let Ok(mut k) = k.try_borrow_mut() {
-            k.insert(called.into_boxed_slice(), Rc::new(known));
-        }
+    local::with(&KNOWN, |k| {
+        k.insert(called.into_boxed_slice(), Rc::new(known))
     });
 }
 
@@ -421,9 +420,5 @@ extern "C" fn on_module_change(
     _subevent: u64,
     _data: *mut std::os::raw::c_void,
 ) {
-    KNOWN.with(|k| {
-        if let Ok(mut k) = k.try_borrow_mut() {
-            k.clear();
-        }
-    });
+    local::with(&KNOWN, HashMap::clear);
 }
