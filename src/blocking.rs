@@ -793,16 +793,12 @@ pub fn subscribe(ctx: *mut raw::RedisModuleCtx) -> Result<(), &'static str> {
     if unsafe { keyspace(ctx, all, Some(on_keyspace_event)) } != raw::REDISMODULE_OK as c_int {
         return Err("cannot subscribe to keyspace events");
     }
-    let server =
-        unsafe { raw::RedisModule_SubscribeToServerEvent }.ok_or("no server events API")?;
     for id in [
         raw::REDISMODULE_EVENT_FLUSHDB,
         raw::REDISMODULE_EVENT_SWAPDB,
     ] {
-        let event = raw::RedisModuleEvent { id, dataver: 1 };
-        if unsafe { server(ctx, event, Some(on_server_event)) } != raw::REDISMODULE_OK as c_int {
-            return Err("cannot subscribe to server events");
-        }
+        let error = "cannot subscribe to server events";
+        crate::subscribe_server_event(ctx, id, Some(on_server_event), error)?;
     }
     Ok(())
 }

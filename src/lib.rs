@@ -175,6 +175,23 @@ fn register_commands(ctx: &Context) -> Result<(), String> {
     Ok(())
 }
 
+/// Subscribe `callback` to the server event `id` (`REDISMODULE_EVENT_*`); `error` says what
+/// failed if the server refuses.
+pub(crate) fn subscribe_server_event(
+    ctx: *mut raw::RedisModuleCtx,
+    id: u64,
+    callback: raw::RedisModuleEventCallback,
+    error: &'static str,
+) -> Result<(), &'static str> {
+    let subscribe =
+        unsafe { raw::RedisModule_SubscribeToServerEvent }.ok_or("no server events API")?;
+    let event = raw::RedisModuleEvent { id, dataver: 1 };
+    if unsafe { subscribe(ctx, event, callback) } != raw::REDISMODULE_OK as c_int {
+        return Err(error);
+    }
+    Ok(())
+}
+
 /// The oldest server dlock runs on: 7.0 brought module configs, command docs and key specs.
 const MIN_SERVER_VERSION: c_int = 0x00_07_00_00;
 

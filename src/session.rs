@@ -222,14 +222,10 @@ fn release(ctx: &Context, id: &HoldId) {
 
 /// Subscribe to client disconnections; called once at load.
 pub fn subscribe(ctx: *mut raw::RedisModuleCtx) -> Result<(), &'static str> {
-    let server =
-        unsafe { raw::RedisModule_SubscribeToServerEvent }.ok_or("no server events API")?;
-    let event = raw::RedisModuleEvent {
-        id: raw::REDISMODULE_EVENT_CLIENT_CHANGE,
-        dataver: 1,
-    };
-    if unsafe { server(ctx, event, Some(on_client_change)) } != raw::REDISMODULE_OK as c_int {
-        return Err("cannot subscribe to client events");
-    }
-    Ok(())
+    crate::subscribe_server_event(
+        ctx,
+        raw::REDISMODULE_EVENT_CLIENT_CHANGE,
+        Some(on_client_change),
+        "cannot subscribe to client events",
+    )
 }

@@ -402,16 +402,12 @@ fn string<'a>(reply: *mut raw::RedisModuleCallReply) -> Option<&'a [u8]> {
 /// Forget what `COMMAND INFO` said when a module is loaded or unloaded: its commands come or
 /// go.
 pub fn subscribe(ctx: *mut raw::RedisModuleCtx) -> Result<(), &'static str> {
-    let server =
-        unsafe { raw::RedisModule_SubscribeToServerEvent }.ok_or("no server events API")?;
-    let event = raw::RedisModuleEvent {
-        id: raw::REDISMODULE_EVENT_MODULE_CHANGE,
-        dataver: 1,
-    };
-    if unsafe { server(ctx, event, Some(on_module_change)) } != raw::REDISMODULE_OK as c_int {
-        return Err("cannot subscribe to module events");
-    }
-    Ok(())
+    crate::subscribe_server_event(
+        ctx,
+        raw::REDISMODULE_EVENT_MODULE_CHANGE,
+        Some(on_module_change),
+        "cannot subscribe to module events",
+    )
 }
 
 extern "C" fn on_module_change(
