@@ -83,8 +83,6 @@ struct Queue {
     waiters: VecDeque<Rc<Waiter>>,
     /// How many of `waiters` are still waiting.
     waiting: usize,
-    /// The timer armed at the holder's lease end, and when it fires.
-    lease_timer: Option<(raw::RedisModuleTimerID, i64)>,
 }
 
 /// A key: its database and name.
@@ -96,10 +94,11 @@ type ArmedTimer = (raw::RedisModuleTimerID, i64);
 struct Registry {
     queues: HashMap<c_int, HashMap<Box<[u8]>, Queue>>,
     clients: HashMap<usize, Weak<Waiter>>,
-    /// Timers at the earliest lease end of keys with several holds, and when they fire.
-    prune_timers: HashMap<KeyId, ArmedTimer>,
+    /// Each key's timer at the next lease end that matters — one that lets a waiter in, or one
+    /// that ends a hold before its key expires — and when it fires. It serves the key.
+    lease_timers: HashMap<KeyId, ArmedTimer>,
     /// Keys to serve from the next zero-delay timer.
-    pending: Vec<(c_int, Box<[u8]>)>,
+    pending: Vec<KeyId>,
     pending_timer: bool,
 }
 
@@ -209,32 +208,27 @@ pub fn lease_changed(ctx: *mut raw::RedisModuleCtx, db: c_int, key: &[u8], lease
     }
 }
 
+/// Serve `key` from a timer at `at`, unless its timer fires earlier already.
 fn arm_lease_timer(ctx: *mut raw::RedisModuleCtx, db: c_int, key: &[u8], at: i64) {
     if !config::expiry_timers() {
         return;
     }
-    let stale = with_registry(|r| {
-        let queue = r.queues.get_mut(&db)?.get_mut(key)?;
-        match queue.lease_timer {
-            Some((_, fires)) if fires <= at => None,
-            _ => Some(queue.lease_timer.take()),
-        }
+    let id: KeyId = (db, key.into());
+    let stale = with_registry(|r| match r.lease_timers.get(&id) {
+        Some((_, fires)) if *fires <= at => None,
+        _ => Some(r.lease_timers.remove(&id)),
     });
     let Some(stale) = stale else { return };
-    if let Some((id, _)) = stale {
-        stop_timer::<(c_int, Box<[u8]>)>(ctx, id);
+    if let Some((timer, _)) = stale {
+        stop_timer::<KeyId>(ctx, timer);
     }
     let delay = at.saturating_sub(now_ms()).max(0);
-    let data = Box::into_raw(Box::new((db, Box::<[u8]>::from(key))));
-    let Some(id) = create_timer(ctx, delay, Some(on_lease_end), data.cast()) else {
+    let data = Box::into_raw(Box::new(id.clone()));
+    let Some(timer) = create_timer(ctx, delay, Some(on_lease_end), data.cast()) else {
         drop(unsafe { Box::from_raw(data) });
         return;
     };
-    with_registry(|r| {
-        if let Some(queue) = r.queues.get_mut(&db).and_then(|q| q.get_mut(key)) {
-            queue.lease_timer = Some((id, at));
-        }
-    });
+    with_registry(|r| r.lease_timers.insert(id, (timer, at)));
 }
 
 /// A key expires with its latest lease; when a hold's lease ends earlier (shared holders,
@@ -242,46 +236,12 @@ fn arm_lease_timer(ctx: *mut raw::RedisModuleCtx, db: c_int, key: &[u8], at: i64
 /// announced and counted then, not whenever the key is next touched. Call after a change to
 /// `lock` (still borrowed: nothing here touches the keyspace).
 pub fn watch_leases(ctx: *mut raw::RedisModuleCtx, db: c_int, key: &[u8], lock: &Lock, now: i64) {
-    if !config::expiry_timers() {
-        return;
-    }
     let (Some(next), Some(last)) = (lock.next_lease_end(now), lock.expires_at()) else {
         return;
     };
-    if next >= last {
-        return;
+    if next < last {
+        arm_lease_timer(ctx, db, key, next);
     }
-    let armed = with_registry(|r| {
-        r.prune_timers
-            .get(&(db, Box::<[u8]>::from(key)))
-            .is_some_and(|(_, fires)| *fires <= next)
-    });
-    if armed {
-        return;
-    }
-    let stale = with_registry(|r| r.prune_timers.remove(&(db, Box::<[u8]>::from(key))));
-    if let Some((id, _)) = stale {
-        stop_timer::<(c_int, Box<[u8]>)>(ctx, id);
-    }
-    let delay = next.saturating_sub(now_ms()).max(0);
-    let data = Box::into_raw(Box::new((db, Box::<[u8]>::from(key))));
-    let Some(id) = create_timer(ctx, delay, Some(on_prune), data.cast()) else {
-        drop(unsafe { Box::from_raw(data) });
-        return;
-    };
-    with_registry(|r| r.prune_timers.insert((db, key.into()), (id, next)));
-}
-
-/// A hold of a key with several holds reached its lease end: serving the key removes it (and
-/// grants whoever waited for it), then watches the next one.
-unsafe extern "C" fn on_prune(ctx: *mut raw::RedisModuleCtx, data: *mut c_void) {
-    if data.is_null() {
-        return;
-    }
-    let target = unsafe { Box::from_raw(data.cast::<(c_int, Box<[u8]>)>()) };
-    let (db, key) = *target;
-    with_registry(|r| r.prune_timers.remove(&(db, key.clone())));
-    serve(&Context::new(ctx), db, &key);
 }
 
 /// Select database `db` and make a key name for it: for contexts that did not come from a
@@ -357,11 +317,8 @@ pub fn serve(ctx: &Context, db: c_int, name: &[u8]) {
     }
     loop {
         let head = match front_waiter(db, name) {
-            Ok(head) => head,
-            Err(lease_timer) => {
-                if let Some(id) = lease_timer {
-                    stop_timer::<(c_int, Box<[u8]>)>(raw_ctx, id);
-                }
+            Some(head) => head,
+            None => {
                 // Nobody to serve: remove the holds whose lease ended, and a lock left empty.
                 let mut key = LockKey::open_write(ctx, &key_arg);
                 let Ok(Some(lock)) = key.lock() else {
@@ -439,33 +396,25 @@ pub fn serve(ctx: &Context, db: c_int, name: &[u8]) {
     }
 }
 
-/// The first waiter still waiting, dropping those that left. When none is left the queue is
-/// removed, and its lease timer (if any) is returned for the caller to stop.
-fn front_waiter(db: c_int, key: &[u8]) -> Result<Rc<Waiter>, Option<raw::RedisModuleTimerID>> {
+/// The first waiter still waiting, dropping those that left; `None` (and the queue removed)
+/// when none is left.
+fn front_waiter(db: c_int, key: &[u8]) -> Option<Rc<Waiter>> {
     with_registry(|r| {
-        let Some(queues) = r.queues.get_mut(&db) else {
-            return Some(Err(None));
-        };
-        let Some(queue) = queues.get_mut(key) else {
-            return Some(Err(None));
-        };
+        let queues = r.queues.get_mut(&db)?;
+        let queue = queues.get_mut(key)?;
         while let Some(head) = queue.waiters.front() {
             if head.state.get() == State::Waiting {
-                return Some(Ok(Rc::clone(head)));
+                return Some(Rc::clone(head));
             }
             head.queued.set(false);
             queue.waiters.pop_front();
         }
-        let lease_timer = queues
-            .remove(key)
-            .and_then(|q| q.lease_timer)
-            .map(|(id, _)| id);
+        queues.remove(key);
         if queues.is_empty() {
             r.queues.remove(&db);
         }
-        Some(Err(lease_timer))
+        None
     })
-    .unwrap_or(Err(None))
 }
 
 /// Refuse every waiter of `key` with `error` (the key now holds another type).
@@ -542,7 +491,7 @@ pub fn schedule(ctx: *mut raw::RedisModuleCtx, db: c_int, key: &[u8]) {
 
 /// Serve every waited key of the databases `dbs` (all of them when empty) from the next timer.
 pub fn schedule_db(ctx: *mut raw::RedisModuleCtx, dbs: &[c_int]) {
-    let keys: Vec<(c_int, Box<[u8]>)> = with_registry(|r| {
+    let keys: Vec<KeyId> = with_registry(|r| {
         r.queues
             .iter()
             .filter(|(db, _)| dbs.is_empty() || dbs.contains(db))
@@ -649,29 +598,29 @@ unsafe extern "C" fn on_free(ctx: *mut raw::RedisModuleCtx, data: *mut c_void) {
     if let Some(id) = waiter.deadline_timer.take() {
         stop_timer::<Weak<Waiter>>(ctx, id);
     }
-    let mut reserve = false;
-    let lease_timer = with_registry(|r| {
+    // Whether others still wait behind it.
+    let reserve = with_registry(|r| {
         r.clients.remove(&(waiter.client.get() as usize));
         if !waiter.queued.replace(false) {
-            return None;
+            return false;
         }
-        let queues = r.queues.get_mut(&waiter.db)?;
-        let queue = queues.get_mut(&waiter.key)?;
+        let Some(queues) = r.queues.get_mut(&waiter.db) else {
+            return false;
+        };
+        let Some(queue) = queues.get_mut(&waiter.key) else {
+            return false;
+        };
         // Only waiters that timed out or disconnected are still queued here: O(queue) for them.
         queue.waiters.retain(|w| !Rc::ptr_eq(w, &waiter));
         if !queue.waiters.is_empty() {
-            reserve = unserved;
-            return None;
+            return unserved;
         }
-        let lease_timer = queues.remove(&waiter.key).and_then(|q| q.lease_timer);
+        queues.remove(&waiter.key);
         if queues.is_empty() {
             r.queues.remove(&waiter.db);
         }
-        lease_timer.map(|(id, _)| id)
+        false
     });
-    if let Some(id) = lease_timer {
-        stop_timer::<(c_int, Box<[u8]>)>(ctx, id);
-    }
     if reserve {
         schedule(ctx, waiter.db, &waiter.key);
     }
@@ -692,13 +641,9 @@ unsafe extern "C" fn on_lease_end(ctx: *mut raw::RedisModuleCtx, data: *mut c_vo
     if data.is_null() {
         return;
     }
-    let target = unsafe { Box::from_raw(data.cast::<(c_int, Box<[u8]>)>()) };
-    let (db, key) = *target;
-    with_registry(|r| {
-        if let Some(queue) = r.queues.get_mut(&db).and_then(|q| q.get_mut(&key)) {
-            queue.lease_timer = None;
-        }
-    });
+    let id = unsafe { Box::from_raw(data.cast::<KeyId>()) };
+    with_registry(|r| r.lease_timers.remove(&*id));
+    let (db, key) = *id;
     serve(&Context::new(ctx), db, &key);
 }
 
@@ -744,14 +689,14 @@ pub unsafe extern "C" fn on_keyspace_event(
 }
 
 unsafe extern "C" fn on_post_notification(ctx: *mut raw::RedisModuleCtx, job: *mut c_void) {
-    if let Some((db, key)) = unsafe { job.cast::<(c_int, Box<[u8]>)>().as_ref() } {
+    if let Some((db, key)) = unsafe { job.cast::<KeyId>().as_ref() } {
         serve(&Context::new(ctx), *db, key);
     }
 }
 
 unsafe extern "C" fn free_job(job: *mut c_void) {
     if !job.is_null() {
-        drop(unsafe { Box::from_raw(job.cast::<(c_int, Box<[u8]>)>()) });
+        drop(unsafe { Box::from_raw(job.cast::<KeyId>()) });
     }
 }
 
