@@ -4,6 +4,7 @@
 REDIS_SERVER ?= redis-server
 CARGO ?= cargo
 MODULE := target/release/libdlock.so
+PORT ?= 6379
 
 export REDIS_SERVER
 
@@ -15,9 +16,10 @@ deps:
 build: deps
 	$(CARGO) build --release
 
-# Redis in the foreground on 127.0.0.1:6379 with redis.conf.example, which loads the module.
+# Redis in the foreground on 127.0.0.1:$(PORT) (default 6379) with redis.conf.example, which
+# loads the module; says so when the port is already taken.
 run: build
-	$(REDIS_SERVER) redis.conf.example
+	@PORT=$(PORT) sh scripts/run.sh
 
 lint:
 	$(CARGO) fmt --check
