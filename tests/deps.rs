@@ -105,7 +105,10 @@ fn nothing_present_installs_everything() {
     m.remove_command("redis-cli");
     let out = m.run(&[]);
     assert_eq!(out.code, 0, "{}", out.stderr);
-    assert_eq!(out.stdout, "Installing: redis-server redis-tools libclang-dev\n");
+    assert_eq!(
+        out.stdout,
+        "Installing: redis-server redis-tools libclang-dev\n"
+    );
     assert_eq!(
         out.apt,
         "update -qq\ninstall -y -qq redis-server redis-tools libclang-dev\n"
@@ -132,7 +135,10 @@ fn a_versioned_libclang_is_enough() {
     m.file("/usr/lib/x86_64-linux-gnu/libclang-cpp.so.14");
     m.file("/usr/lib/x86_64-linux-gnu/libclang-14.so.1");
     let out = m.run(&[]);
-    assert_eq!((out.code, out.stdout.as_str(), out.apt.as_str()), (0, "", ""));
+    assert_eq!(
+        (out.code, out.stdout.as_str(), out.apt.as_str()),
+        (0, "", "")
+    );
 }
 
 #[test]
@@ -158,7 +164,11 @@ fn libclang_path_must_hold_libclang() {
     ] {
         let _ = fs::remove_file(m.dir.join("apt.log"));
         let out = m.run(&[("LIBCLANG_PATH", path)]);
-        assert_eq!((out.code, out.apt.as_str()), (0, apt), "LIBCLANG_PATH={path}");
+        assert_eq!(
+            (out.code, out.apt.as_str()),
+            (0, apt),
+            "LIBCLANG_PATH={path}"
+        );
     }
 }
 
