@@ -13,6 +13,9 @@ static MAX_TTL: AtomicI64 = AtomicI64::new(0);
 static MAX_WAITERS: AtomicI64 = AtomicI64::new(0);
 static EXPIRY_TIMERS: AtomicBool = AtomicBool::new(true);
 
+/// The most `dlock.max-owner-length` can be set to.
+pub const MAX_OWNER_LENGTH_LIMIT: usize = 65_536;
+
 /// The longest owner id accepted, in bytes.
 pub fn max_owner_length() -> usize {
     usize::try_from(MAX_OWNER_LENGTH.load(Ordering::Relaxed)).unwrap_or(usize::MAX)
@@ -30,8 +33,8 @@ pub fn max_waiters() -> Option<usize> {
         .filter(|m| *m > 0)
 }
 
-/// Whether a lock with waiters arms a timer at its lease end (otherwise the hand-over waits
-/// for Redis to expire the key).
+/// Whether a lock arms a timer at the lease ends that matter (otherwise a hand-over waits for
+/// Redis to expire the key, and holds ending before their key wait for the next command).
 pub fn expiry_timers() -> bool {
     EXPIRY_TIMERS.load(Ordering::Relaxed)
 }
@@ -50,7 +53,7 @@ const NUMERIC: [Numeric; 3] = [
         value: &MAX_OWNER_LENGTH,
         default: 256,
         min: 1,
-        max: 65_536,
+        max: MAX_OWNER_LENGTH_LIMIT as i64,
     },
     Numeric {
         name: c"max-ttl",

@@ -11,11 +11,11 @@ use std::sync::atomic::{AtomicPtr, Ordering};
 
 use redis_module::raw;
 
-use crate::commands::apply;
-use crate::commands::now_ms;
 use crate::holds::Owner;
 use crate::lock::{Hold, HoldState, Lock, Mode};
 use crate::metrics;
+use crate::replicate;
+use crate::server::now_ms;
 use crate::token::CLOCK;
 
 /// Module type names are exactly nine characters; this one is what `TYPE key` shows.
@@ -142,16 +142,16 @@ unsafe extern "C" fn aof_rewrite(
         unsafe {
             emit(
                 aof,
-                apply::COMMAND.as_ptr(),
-                apply::format(mode).as_ptr(),
+                replicate::COMMAND.as_ptr(),
+                replicate::format(mode).as_ptr(),
                 key,
                 hold.owner.as_ptr().cast::<c_char>(),
                 hold.owner.len(),
                 hold.token,
                 i64::from(hold.count),
                 hold.lease_end,
-                apply::mode_word(mode).as_ptr(),
-                i64::from(apply::limit(mode)),
+                replicate::mode_word(mode).as_ptr(),
+                i64::from(replicate::limit(mode)),
             )
         };
     }

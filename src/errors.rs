@@ -1,8 +1,12 @@
 //! Every error a client can receive, in Redis's voice, one constant per failure.
 
+use redis_module::RedisError;
+
+use crate::lock::AcquireError;
+
 pub const ERR_SYNTAX: &str = "ERR syntax error";
 pub const ERR_TTL: &str = "ERR ttl must be a positive integer in milliseconds";
-pub const ERR_TTL_RANGE: &str = "ERR ttl is too large: the lease end would overflow";
+pub const ERR_TTL_RANGE: &str = "ERR ttl is above the maximum of 1099511627776 ms (2^40)";
 pub const ERR_OWNER_EMPTY: &str = "ERR owner must not be empty";
 pub const ERR_TOKENS_EXHAUSTED: &str =
     "ERR fencing tokens exhausted: no token above the last one fits in 63 bits";
@@ -13,7 +17,7 @@ pub const ERR_HOLDS_OVERFLOW: &str = "ERR too many re-entries: the hold count wo
 pub const ERR_KEY_UNWRITABLE: &str = "ERR the key could not be opened for writing";
 pub const ERR_WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";
 pub const ERR_TIMEOUT: &str = "ERR timeout must be a non-negative integer in milliseconds";
-pub const ERR_TIMEOUT_RANGE: &str = "ERR timeout is too large: the deadline would overflow";
+pub const ERR_TIMEOUT_RANGE: &str = "ERR timeout is above the maximum of 1099511627776 ms (2^40)";
 pub const ERR_BLOCK: &str = "ERR the server refused to block the client";
 pub const ERR_LIMIT: &str = "ERR limit must be an integer from 1 to 4294967294";
 pub const ERR_PERMITS: &str = "ERR permits must be a positive integer";
@@ -56,4 +60,30 @@ pub fn err_guard_blocking(command: &str) -> String {
 /// The command inside `DLOCK.GUARD` cannot run inside another command (Redis's `noscript`).
 pub fn err_guard_noscript(command: &str) -> String {
     format!("ERR DLOCK.GUARD cannot run '{command}': it cannot run inside another command")
+}
+
+pub const ERR_REPLICA: &str =
+    "READONLY dlock writes are only accepted by a master (this server is a replica)";
+pub const ERR_SESSION_CONNECTION: &str =
+    "ERR SESSION needs a client connection: it cannot be used from a script or a module call";
+
+/// What a client is told when its request can never be granted as it stands.
+pub fn acquire_error(error: AcquireError) -> &'static str {
+    match error {
+        AcquireError::TokensExhausted => ERR_TOKENS_EXHAUSTED,
+        AcquireError::TooManyHolds => ERR_HOLDS_OVERFLOW,
+        AcquireError::NotALock => ERR_NOT_A_LOCK,
+        AcquireError::NotASemaphore => ERR_NOT_A_SEMAPHORE,
+        AcquireError::LimitMismatch => ERR_LIMIT_MISMATCH,
+        AcquireError::PermitsAboveLimit => ERR_PERMITS_ABOVE_LIMIT,
+        AcquireError::UpgradeDeadlock => ERR_UPGRADE,
+    }
+}
+
+/// The text of an error from opening a lock's key.
+pub fn key_error(error: &RedisError) -> &'static str {
+    match error {
+        RedisError::Str(text) => text,
+        _ => ERR_WRONGTYPE,
+    }
 }

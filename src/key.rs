@@ -10,12 +10,15 @@ use std::ptr;
 use redis_module::raw;
 use redis_module::{Context, RedisError};
 
-use crate::commands::Arg;
-
+use crate::arg::Arg;
 use crate::datatype;
 use crate::errors::ERR_KEY_UNWRITABLE;
 use crate::lock::Lock;
 use crate::metrics;
+
+/// How long a lock with no hold stays for the clients waiting for it: they are served in the
+/// same event-loop turn, so this only bounds a key nobody came for.
+const HANDOVER_GRACE_MS: i64 = 10_000;
 
 pub struct LockKey {
     ctx: *mut raw::RedisModuleCtx,
@@ -94,12 +97,15 @@ impl LockKey {
         self.lock()?.ok_or(RedisError::Str(ERR_KEY_UNWRITABLE))
     }
 
-    /// Write back a changed lock: delete the key when no hold is left, otherwise make it
-    /// expire with its latest lease; then tell WATCH and client-side caching. The module runs
-    /// with `NO_IMPLICIT_SIGNAL_MODIFIED`, so a refused acquire does not abort a watcher.
-    pub fn commit(&mut self) {
+    /// Write back a changed lock and tell WATCH and client-side caching (the module runs with
+    /// `NO_IMPLICIT_SIGNAL_MODIFIED`, so a refused acquire does not abort a watcher). The key
+    /// expires with its latest lease. A lock left with no hold is deleted, unless clients
+    /// wait for it: then it stays, briefly, so Redis offers it to them (Redis 7.0 serves
+    /// clients blocked on a key only while the key exists).
+    pub fn commit(&mut self, waiters: bool, now: i64) {
         let expires_at = match self.lock() {
             Ok(Some(lock)) if !lock.is_empty() => lock.expires_at(),
+            Ok(Some(_)) if waiters => Some(now.saturating_add(HANDOVER_GRACE_MS)),
             _ => None,
         };
         if self.key.is_null() {
@@ -123,6 +129,15 @@ impl LockKey {
                 signal(self.ctx, self.name);
             }
         }
+    }
+
+    /// The key's absolute expiry in Unix ms, if it has one.
+    pub fn expiry(&self) -> Option<i64> {
+        let get = unsafe { raw::RedisModule_GetAbsExpire }?;
+        if self.key.is_null() {
+            return None;
+        }
+        Some(unsafe { get(self.key) }).filter(|at| *at >= 0)
     }
 }
 

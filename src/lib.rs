@@ -18,6 +18,7 @@
     allow(clippy::unwrap_used, clippy::panic, clippy::arithmetic_side_effects)
 )]
 
+mod arg;
 mod blocking;
 mod commands;
 mod config;
@@ -29,7 +30,11 @@ mod key;
 mod local;
 mod lock;
 mod metrics;
+mod replicate;
+mod server;
 mod session;
+mod store;
+mod timers;
 mod token;
 
 use std::ffi::CStr;
@@ -175,23 +180,6 @@ fn register_commands(ctx: &Context) -> Result<(), String> {
     Ok(())
 }
 
-/// Subscribe `callback` to the server event `id` (`REDISMODULE_EVENT_*`); `error` says what
-/// failed if the server refuses.
-pub(crate) fn subscribe_server_event(
-    ctx: *mut raw::RedisModuleCtx,
-    id: u64,
-    callback: raw::RedisModuleEventCallback,
-    error: &'static str,
-) -> Result<(), &'static str> {
-    let subscribe =
-        unsafe { raw::RedisModule_SubscribeToServerEvent }.ok_or("no server events API")?;
-    let event = raw::RedisModuleEvent { id, dataver: 1 };
-    if unsafe { subscribe(ctx, event, callback) } != raw::REDISMODULE_OK as c_int {
-        return Err(error);
-    }
-    Ok(())
-}
-
 /// The oldest server dlock runs on: 7.0 brought module configs, command docs and key specs.
 const MIN_SERVER_VERSION: c_int = 0x00_07_00_00;
 
@@ -228,6 +216,7 @@ fn init(ctx: &Context, args: &[RedisString]) -> Status {
         ctx.log_warning(&format!("dlock: cannot load: {reason}"));
         return Status::Err;
     }
+    timers::init(blocking::on_due);
     if let Err(reason) = blocking::subscribe(ctx.get_raw()) {
         ctx.log_warning(&format!("dlock: cannot load: {reason}"));
         return Status::Err;

@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use redis_module::raw;
 
+use crate::session;
+use crate::timers;
 use crate::token::CLOCK;
 
 pub struct Counter(AtomicU64);
@@ -78,7 +80,8 @@ pub unsafe extern "C" fn info(ctx: *mut raw::RedisModuleInfoCtx, _for_crash_repo
     let (Some(section), Some(field)) = api else {
         return;
     };
-    let fields: [(&CStr, i64); 14] = [
+    let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+    let fields: [(&CStr, i64); 16] = [
         (c"locks", LOCKS.get()),
         (c"waiters", WAITERS.get()),
         (c"grants_immediate", GRANTS_IMMEDIATE.get()),
@@ -93,6 +96,8 @@ pub unsafe extern "C" fn info(ctx: *mut raw::RedisModuleInfoCtx, _for_crash_repo
         (c"guards", GUARDS.get()),
         (c"guards_refused", GUARDS_REFUSED.get()),
         (c"last_token", CLOCK.last()),
+        (c"session_holds", count(session::bound())),
+        (c"timers", count(timers::pending())),
     ];
     unsafe {
         section(ctx, c"".as_ptr());

@@ -1,160 +1,247 @@
-//! Session-bound holds (`DLOCK.ACQUIRE ... SESSION`): released the moment the connection that
-//! took them goes away, instead of lingering until their lease ends.
+//! Session bindings (`DLOCK.ACQUIRE ... SESSION`): which holds end the moment the connection
+//! that took them goes away, instead of lingering until their lease ends.
 //!
-//! The binding lives only in this server's memory, keyed by client id: a restarted server or a
-//! promoted replica has no sessions, and the lease governs there. A hold is identified by its
-//! key, owner and token, so a disconnect never touches a later hold of the same owner, nor its
-//! other hold of the same key (exclusive and shared at once, during a downgrade).
+//! A binding names a hold by its database, key, owner and token, so a disconnect never
+//! touches a later hold of the same owner, nor its other hold of the same key (exclusive and
+//! shared at once, during a downgrade). Bindings are indexed by hold, by client and by key,
+//! so binding, unbinding and a disconnect cost O(1) per hold. They follow their key through
+//! `RENAME`, `MOVE` and `SWAPDB`, and are dropped with their hold however it ends (release,
+//! lease end, `DEL`, eviction, overwrite) or with their connection. A flush keeps them
+//! (`DEBUG RELOAD` flushes, then loads the same holds back); a binding whose hold is gone
+//! only costs memory until its client disconnects, since tokens are never reused. They live only in this server's memory: a
+//! restarted server or a promoted replica has no sessions, and there the lease governs.
+//!
+//! A disconnect only records which holds to end and asks for their keys to be served: the
+//! layer above ends them through the write path, from a timer, when the server may write.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::raw::{c_int, c_void};
 
-use redis_module::{Context, raw};
+use redis_module::raw;
 
-use crate::blocking;
-use crate::commands::Arg;
-use crate::commands::apply::{self, OwnerRef};
-use crate::key::LockKey;
 use crate::local;
-use crate::metrics::{self, events};
+use crate::server;
+use crate::timers::{self, KeyId};
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct HoldId {
-    db: c_int,
-    key: Box<[u8]>,
-    owner: Box<[u8]>,
-    token: i64,
-}
-
-impl HoldId {
-    fn new(db: c_int, key: &[u8], owner: &[u8], token: i64) -> Self {
-        HoldId {
-            db,
-            key: key.into(),
-            owner: owner.into(),
-            token,
-        }
-    }
-}
-
-#[derive(Clone, Copy)]
-struct Binding {
-    client: u64,
-    /// The lease end last seen: a binding whose lease ended without a release is dropped
-    /// when its client's list is swept.
-    lease_end: i64,
+pub struct BoundHold {
+    pub owner: Box<[u8]>,
+    pub token: i64,
 }
 
 #[derive(Default)]
 struct Sessions {
-    holds: HashMap<HoldId, Binding>,
-    /// Each client's session-bound holds, and the length at which to sweep them next.
-    by_client: HashMap<u64, (Vec<HoldId>, usize)>,
+    /// Each bound hold, per key, and its client.
+    by_key: HashMap<KeyId, HashMap<BoundHold, u64>>,
+    /// Each client's bound holds.
+    by_client: HashMap<u64, HashSet<(KeyId, BoundHold)>>,
+    /// Holds whose client disconnected, per key, still to be ended.
+    ending: HashMap<KeyId, Vec<BoundHold>>,
+    /// The source of a `RENAME` or `MOVE` whose destination event comes next.
+    moving: Option<KeyId>,
 }
 
 impl Sessions {
-    fn drop_from_client(&mut self, client: u64, id: &HoldId) {
-        if let Some((list, _)) = self.by_client.get_mut(&client) {
-            list.retain(|h| h != id);
+    fn unbind(&mut self, key: &KeyId, hold: &BoundHold) {
+        let Some(holds) = self.by_key.get_mut(key) else {
+            return;
+        };
+        let Some(client) = holds.remove(hold) else {
+            return;
+        };
+        if holds.is_empty() {
+            self.by_key.remove(key);
+        }
+        if let Some(set) = self.by_client.get_mut(&client) {
+            set.remove(&(key.clone(), hold.clone()));
+            if set.is_empty() {
+                self.by_client.remove(&client);
+            }
         }
     }
-}
 
-/// A client's list of bindings is swept of ended leases when it reaches this length, then
-/// at twice what is left: bounded memory for clients whose holds expire unreleased.
-const SWEEP_FROM: usize = 64;
+    /// Remove every binding of `key` and return them with their clients.
+    fn take_key(&mut self, key: &KeyId) -> Vec<(BoundHold, u64)> {
+        let Some(holds) = self.by_key.remove(key) else {
+            return Vec::new();
+        };
+        for (hold, client) in &holds {
+            if let Some(set) = self.by_client.get_mut(client) {
+                set.remove(&(key.clone(), hold.clone()));
+                if set.is_empty() {
+                    self.by_client.remove(client);
+                }
+            }
+        }
+        holds.into_iter().collect()
+    }
+
+    fn bind(&mut self, key: KeyId, hold: BoundHold, client: u64) {
+        self.unbind(&key, &hold);
+        self.by_client
+            .entry(client)
+            .or_default()
+            .insert((key.clone(), hold.clone()));
+        self.by_key.entry(key).or_default().insert(hold, client);
+    }
+}
 
 thread_local! {
     static SESSIONS: RefCell<Sessions> = RefCell::default();
 }
 
-/// Run `f` on the session bindings (see `local::with`).
 fn with_sessions<T: Default>(f: impl FnOnce(&mut Sessions) -> T) -> T {
     local::with(&SESSIONS, f)
 }
 
-pub fn client_id(ctx: *mut raw::RedisModuleCtx) -> u64 {
-    match unsafe { raw::RedisModule_GetClientId } {
-        Some(id) => unsafe { id(ctx) },
-        None => 0,
-    }
+fn key_id(db: c_int, key: &[u8]) -> KeyId {
+    (db, key.into())
 }
 
-/// Bind `owner`'s hold (with `token`, lease ending at `lease_end`) on `key` to `client`'s
-/// connection.
-pub fn bind(
-    client: u64,
-    db: c_int,
-    key: &[u8],
-    owner: &[u8],
-    token: i64,
-    lease_end: i64,
-    now: i64,
-) {
-    let id = HoldId::new(db, key, owner, token);
-    with_sessions(|s| {
-        let binding = Binding { client, lease_end };
-        if let Some(old) = s.holds.insert(id.clone(), binding) {
-            s.drop_from_client(old.client, &id);
-        }
-        let (list, sweep_at) = s
-            .by_client
-            .entry(client)
-            .or_insert((Vec::new(), SWEEP_FROM));
-        list.push(id);
-        if list.len() >= *sweep_at {
-            let holds = &mut s.holds;
-            list.retain(|h| {
-                let live = holds.get(h).is_some_and(|b| b.lease_end > now);
-                if !live {
-                    holds.remove(h);
-                }
-                live
-            });
-            *sweep_at = list.len().saturating_mul(2).max(SWEEP_FROM);
-        }
-    });
+/// Bind `owner`'s hold with `token` on `key` to `client`'s connection.
+pub fn bind(client: u64, db: c_int, key: &[u8], owner: &[u8], token: i64) {
+    let hold = BoundHold {
+        owner: owner.into(),
+        token,
+    };
+    with_sessions(|s| s.bind(key_id(db, key), hold, client));
 }
 
-/// The lease of a possibly bound hold moved (EXTEND, re-entry).
-pub fn lease_changed(db: c_int, key: &[u8], owner: &[u8], token: i64, lease_end: i64) {
-    with_sessions(|s| {
-        if s.holds.is_empty() {
-            return;
-        }
-        let id = HoldId::new(db, key, owner, token);
-        if let Some(binding) = s.holds.get_mut(&id) {
-            binding.lease_end = lease_end;
-        }
-    });
-}
-
-/// The hold with `token` ended by RELEASE: forget its binding.
+/// The hold with `token` ended (released, lease ended, removed): forget its binding.
 pub fn unbind(db: c_int, key: &[u8], owner: &[u8], token: i64) {
     with_sessions(|s| {
-        if s.holds.is_empty() {
+        if s.by_key.is_empty() {
             return;
         }
-        let id = HoldId::new(db, key, owner, token);
-        if let Some(binding) = s.holds.remove(&id) {
-            s.drop_from_client(binding.client, &id);
-        }
+        let hold = BoundHold {
+            owner: owner.into(),
+            token,
+        };
+        s.unbind(&key_id(db, key), &hold);
     });
 }
 
 /// Whether `owner`'s hold with `token` on `key` is bound to a connection.
 pub fn is_bound(db: c_int, key: &[u8], owner: &[u8], token: i64) -> bool {
     with_sessions(|s| {
-        if s.holds.is_empty() {
+        if s.by_key.is_empty() {
             return false;
         }
-        s.holds.contains_key(&HoldId::new(db, key, owner, token))
+        let hold = BoundHold {
+            owner: owner.into(),
+            token,
+        };
+        s.by_key
+            .get(&key_id(db, key))
+            .is_some_and(|holds| holds.contains_key(&hold))
     })
 }
 
-/// A client disconnected: release its session-bound holds from the next timer (a server
-/// event handler is no place to write).
+/// How many holds are bound to connections (`INFO dlock`).
+pub fn bound() -> usize {
+    with_sessions(|s| s.by_key.values().map(HashMap::len).sum())
+}
+
+/// Up to `limit` holds of `key` whose connection went away, to be ended now.
+pub fn take_ending(db: c_int, key: &[u8], limit: usize) -> Vec<BoundHold> {
+    with_sessions(|s| {
+        if s.ending.is_empty() {
+            return Vec::new();
+        }
+        let id = key_id(db, key);
+        let Some(list) = s.ending.get_mut(&id) else {
+            return Vec::new();
+        };
+        let split = list.len().saturating_sub(limit);
+        let taken = list.split_off(split);
+        if list.is_empty() {
+            s.ending.remove(&id);
+        }
+        taken
+    })
+}
+
+/// Whether holds of `key` still wait to be ended.
+pub fn has_ending(db: c_int, key: &[u8]) -> bool {
+    with_sessions(|s| !s.ending.is_empty() && s.ending.contains_key(&key_id(db, key)))
+}
+
+/// The holds of `key` bound to a connection.
+pub fn bound_on(db: c_int, key: &[u8]) -> Vec<BoundHold> {
+    with_sessions(|s| {
+        if s.by_key.is_empty() {
+            return Vec::new();
+        }
+        s.by_key
+            .get(&key_id(db, key))
+            .map(|holds| holds.keys().cloned().collect())
+            .unwrap_or_default()
+    })
+}
+
+/// `RENAME`/`MOVE` source: its bindings move with the next destination event.
+pub fn moving_from(db: c_int, key: &[u8]) {
+    with_sessions(|s| {
+        if !s.by_key.is_empty() {
+            s.moving = Some(key_id(db, key));
+        }
+    });
+}
+
+/// `RENAME`/`MOVE` destination: what was bound there is gone (overwritten), and the source's
+/// bindings come here.
+pub fn moved_to(db: c_int, key: &[u8]) {
+    with_sessions(|s| {
+        let Some(from) = s.moving.take() else {
+            return;
+        };
+        let to = key_id(db, key);
+        s.take_key(&to);
+        for (hold, client) in s.take_key(&from) {
+            s.bind(to.clone(), hold, client);
+        }
+        if let Some(ending) = s.ending.remove(&from) {
+            s.ending.entry(to).or_default().extend(ending);
+        }
+    });
+}
+
+/// `SWAPDB a b`: the bindings of the two databases trade places.
+pub fn swapped(a: c_int, b: c_int) {
+    with_sessions(|s| {
+        let keys: Vec<KeyId> = s
+            .by_key
+            .keys()
+            .filter(|(d, _)| *d == a || *d == b)
+            .cloned()
+            .collect();
+        let mut moved = Vec::new();
+        for key in keys {
+            let other = if key.0 == a { b } else { a };
+            for (hold, client) in s.take_key(&key) {
+                moved.push(((other, key.1.clone()), hold, client));
+            }
+        }
+        for (key, hold, client) in moved {
+            s.bind(key, hold, client);
+        }
+        let ending: Vec<(KeyId, Vec<BoundHold>)> = s.ending.drain().collect();
+        for ((d, name), holds) in ending {
+            let d = if d == a {
+                b
+            } else if d == b {
+                a
+            } else {
+                d
+            };
+            s.ending.insert((d, name), holds);
+        }
+    });
+}
+
+/// A client disconnected: its bound holds are to be ended, from a timer (a server event
+/// handler is no place to write).
 unsafe extern "C" fn on_client_change(
     ctx: *mut raw::RedisModuleCtx,
     _event: raw::RedisModuleEvent,
@@ -167,62 +254,31 @@ unsafe extern "C" fn on_client_change(
     let Some(info) = (unsafe { data.cast::<raw::RedisModuleClientInfo>().as_ref() }) else {
         return;
     };
-    let holds: Vec<HoldId> = with_sessions(|s| {
-        let (ids, _) = s.by_client.remove(&info.id).unwrap_or_default();
-        ids.into_iter()
-            .filter(|id| s.holds.remove(id).is_some())
-            .collect()
-    });
-    if holds.is_empty() {
-        return;
-    }
-    let data = Box::into_raw(Box::new(holds));
-    let created = match unsafe { raw::RedisModule_CreateTimer } {
-        Some(create) => {
-            unsafe { create(ctx, 0, Some(on_release_timer), data.cast()) };
-            true
+    let keys: HashSet<KeyId> = with_sessions(|s| {
+        let Some(holds) = s.by_client.remove(&info.id) else {
+            return HashSet::new();
+        };
+        let mut keys = HashSet::new();
+        for (key, hold) in holds {
+            if let Some(bound) = s.by_key.get_mut(&key) {
+                bound.remove(&hold);
+                if bound.is_empty() {
+                    s.by_key.remove(&key);
+                }
+            }
+            s.ending.entry(key.clone()).or_default().push(hold);
+            keys.insert(key);
         }
-        None => false,
-    };
-    if !created {
-        drop(unsafe { Box::from_raw(data) });
+        keys
+    });
+    for (db, key) in keys {
+        timers::serve_soon(ctx, db, &key);
     }
-}
-
-unsafe extern "C" fn on_release_timer(ctx: *mut raw::RedisModuleCtx, data: *mut c_void) {
-    if data.is_null() {
-        return;
-    }
-    let holds = unsafe { Box::from_raw(data.cast::<Vec<HoldId>>()) };
-    let context = Context::new(ctx);
-    for id in holds.iter() {
-        release(&context, id);
-    }
-}
-
-/// End the hold `id` (whatever its count) if it is still there, and hand the lock over. Only
-/// a master writes: a server turned replica since the disconnect follows its master.
-fn release(ctx: &Context, id: &HoldId) {
-    let raw_ctx = ctx.get_raw();
-    if !blocking::is_master(raw_ctx) {
-        return;
-    }
-    let name = blocking::key_name(raw_ctx, id.db, &id.key);
-    let key_arg = Arg::from_raw(name.inner);
-    let mut key = LockKey::open_write(ctx, &key_arg);
-    let Ok(Some(lock)) = key.lock() else { return };
-    let Some(removed) = lock.remove(&id.owner, id.token) else {
-        return;
-    };
-    apply::replicate(ctx, &key_arg, OwnerRef::Bytes(&id.owner), removed);
-    metrics::RELEASES.incr();
-    metrics::notify(raw_ctx, events::RELEASED, key_arg.raw());
-    blocking::released(ctx, key, id.db, &id.key);
 }
 
 /// Subscribe to client disconnections; called once at load.
 pub fn subscribe(ctx: *mut raw::RedisModuleCtx) -> Result<(), &'static str> {
-    crate::subscribe_server_event(
+    server::subscribe_event(
         ctx,
         raw::REDISMODULE_EVENT_CLIENT_CHANGE,
         Some(on_client_change),

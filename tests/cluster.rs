@@ -11,16 +11,6 @@ use common::cluster::Cluster;
 use common::*;
 use redis::cluster::ClusterClient;
 
-/// Read the reply a blocked client gets, failing the test if none comes within `within`.
-fn reply_within(c: &mut Connection, within: Duration) -> RedisResult<Value> {
-    c.set_read_timeout(Some(within)).unwrap();
-    let reply = c.recv_response();
-    if let Err(e) = &reply {
-        assert!(!e.is_timeout(), "no reply within {within:?}");
-    }
-    reply.and_then(Value::extract_error)
-}
-
 fn last_token(c: &mut Connection) -> i64 {
     let info: String = cmd("INFO").arg("dlock").query(c).unwrap();
     info.lines()

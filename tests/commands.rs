@@ -186,7 +186,7 @@ fn errors_are_exact() {
         assert_eq!(run(&["dlock.acquire", "k", "o", bad]), ttl, "ttl {bad:?}");
         assert_eq!(run(&["dlock.extend", "k", "o", bad]), ttl, "ttl {bad:?}");
     }
-    let overflow = "ERR ttl is too large: the lease end would overflow";
+    let overflow = "ERR ttl is above the maximum of 1099511627776 ms (2^40)";
     assert_eq!(
         run(&["dlock.acquire", "k", "o", "9223372036854775807"]),
         overflow
@@ -195,6 +195,16 @@ fn errors_are_exact() {
         run(&["dlock.extend", "k", "o", "9223372036854775000"]),
         overflow
     );
+    // The largest lease is accepted, one more is not.
+    assert_eq!(run(&["dlock.acquire", "k", "o", "1099511627777"]), overflow);
+    let longest: i64 = cmd("DLOCK.ACQUIRE")
+        .arg("long")
+        .arg("o")
+        .arg(1_099_511_627_776_i64)
+        .query(&mut server.client())
+        .unwrap();
+    assert!(longest > 0);
+    assert_eq!(release(&mut server.client(), "long", "o"), 1);
 
     let empty = "ERR owner must not be empty";
     assert_eq!(run(&["dlock.acquire", "k", "", "10"]), empty);
@@ -203,8 +213,11 @@ fn errors_are_exact() {
     let long = "o".repeat(257);
     let too_long = "ERR owner is longer than 256 bytes";
     assert_eq!(run(&["dlock.acquire", "k", &long, "10"]), too_long);
-    assert_eq!(run(&["dlock.release", "k", &long]), too_long);
-    assert_eq!(run(&["dlock.extend", "k", &long, "10"]), too_long);
+    // RELEASE and EXTEND name an existing hold: only the largest possible limit applies.
+    let longest = "o".repeat(65_537);
+    let too_long_ever = "ERR owner is longer than 65536 bytes";
+    assert_eq!(run(&["dlock.release", "k", &longest]), too_long_ever);
+    assert_eq!(run(&["dlock.extend", "k", &longest, "10"]), too_long_ever);
 
     assert_eq!(
         run(&["dlock.acquire", "k", "o", "10", "BOGUS"]),

@@ -75,6 +75,13 @@ fn limits_apply_as_soon_as_they_are_set() {
     assert_eq!(err, "ERR owner is longer than 4 bytes");
     grant(&mut c, "k", "four", 1_000);
     assert_eq!(release(&mut c, "k", "four"), 1);
+    // Lowering the limit never strands a current holder: it can still extend and release.
+    config_set(&mut c, "dlock.max-owner-length", "256").unwrap();
+    grant(&mut c, "held", "a-longer-owner", 60_000);
+    config_set(&mut c, "dlock.max-owner-length", "4").unwrap();
+    assert_eq!(extend(&mut c, "held", "a-longer-owner", 60_000), 1);
+    assert_eq!(release(&mut c, "held", "a-longer-owner"), 1);
+    assert_eq!(info(&mut c, "held"), None);
 
     config_set(&mut c, "dlock.max-ttl", "5000").unwrap();
     let err = error_of(
@@ -190,6 +197,8 @@ fn info_dlock_counts_every_kind_of_event() {
             "dlock_guards",
             "dlock_guards_refused",
             "dlock_last_token",
+            "dlock_session_holds",
+            "dlock_timers",
         ]
     );
     let t1 = grant(&mut c, "a", "w", 60_000);

@@ -2,12 +2,10 @@
 
 use redis_module::{Context, RedisError, RedisResult, RedisValue};
 
-use super::apply::{self, OwnerRef};
-use super::{Arg, Ttl, now_ms, parse_owner};
+use super::{Arg, check_master, parse_holder, parse_ttl};
 use crate::blocking;
-use crate::key::LockKey;
-use crate::metrics::{self, events};
-use crate::session;
+use crate::server;
+use crate::store::{self, Site, Ttl};
 
 struct ExtendArgs<'a> {
     key: &'a Arg,
@@ -16,44 +14,29 @@ struct ExtendArgs<'a> {
 }
 
 impl<'a> ExtendArgs<'a> {
-    fn parse(args: &'a [Arg], now: i64) -> Result<Self, RedisError> {
+    fn parse(args: &'a [Arg]) -> Result<Self, RedisError> {
         let [_, key, owner, ttl] = args else {
             return Err(RedisError::WrongArity);
         };
         Ok(ExtendArgs {
             key,
-            owner: parse_owner(owner)?,
-            ttl: Ttl::parse(ttl, now)?,
+            owner: parse_holder(owner)?,
+            ttl: parse_ttl(ttl)?,
         })
     }
 }
 
 pub fn run(ctx: &Context, args: &[Arg]) -> RedisResult {
-    let now = now_ms();
-    let args = ExtendArgs::parse(args, now)?;
-    let mut key = LockKey::open_write(ctx, args.key);
-    let lease_end = args.ttl.lease_end(now);
-    let (owner, key_name) = (args.owner.as_bytes(), args.key.as_bytes());
-    let db = blocking::selected_db(ctx.get_raw());
-    let extended = match key.lock()? {
-        Some(lock) => {
-            let extended = lock.extend(owner, now, lease_end, |state| {
-                apply::replicate(ctx, args.key, OwnerRef::Arg(args.owner), state);
-                session::lease_changed(db, key_name, owner, state.token, lease_end);
-            });
-            blocking::watch_leases(ctx.get_raw(), db, key_name, lock, now);
-            extended
-        }
-        None => false,
+    let args = ExtendArgs::parse(args)?;
+    check_master(ctx)?;
+    let now = server::now_ms();
+    let db = server::selected_db(ctx.get_raw());
+    let waiters = blocking::waiting(db, args.key.as_bytes()) > 0;
+    let site = Site {
+        ctx,
+        key: args.key,
+        db,
     };
-    if !extended {
-        metrics::EXTENDS_REJECTED.incr();
-        return Ok(RedisValue::Integer(0));
-    }
-    metrics::EXTENDS.incr();
-    metrics::notify(ctx.get_raw(), events::EXTENDED, args.key.raw());
-    key.commit();
-    drop(key);
-    blocking::lease_changed(ctx.get_raw(), db, key_name, lease_end);
-    Ok(RedisValue::Integer(1))
+    let extended = store::extend(site, args.owner, args.ttl.lease_end(now), now, waiters)?;
+    Ok(RedisValue::Integer(i64::from(extended)))
 }

@@ -21,7 +21,7 @@ use std::slice;
 
 use redis_module::{Context, RedisError, RedisResult, RedisValue, raw};
 
-use super::{Arg, now_ms};
+use super::Arg;
 use crate::errors::{
     ERR_FENCE_NOT_HELD, ERR_FENCE_STALE, ERR_FENCE_UNKNOWN, ERR_GUARD_CALL, ERR_GUARD_NESTED,
     ERR_TOKEN, err_guard_blocking, err_guard_noscript,
@@ -30,6 +30,7 @@ use crate::key::LockKey;
 use crate::local;
 use crate::lock::FenceError;
 use crate::metrics;
+use crate::server;
 
 /// `RedisModule_Call` flags: replicate (`!`), run as the caller's user (`C`), errors as
 /// replies (`E`), the caller's protocol (`0`), respect `maxmemory` (`M`), argv vector (`v`).
@@ -73,7 +74,7 @@ pub fn run(ctx: &Context, args: &[Arg]) -> RedisResult {
     {
         let mut key = LockKey::open_read(ctx, args.key);
         let fence = match key.lock()? {
-            Some(lock) => lock.fence(args.token, now_ms()),
+            Some(lock) => lock.fence(args.token, server::now_ms()),
             None => Err(FenceError::NotHeld),
         };
         if let Err(refusal) = fence {
@@ -402,7 +403,7 @@ fn string<'a>(reply: *mut raw::RedisModuleCallReply) -> Option<&'a [u8]> {
 /// Forget what `COMMAND INFO` said when a module is loaded or unloaded: its commands come or
 /// go.
 pub fn subscribe(ctx: *mut raw::RedisModuleCtx) -> Result<(), &'static str> {
-    crate::subscribe_server_event(
+    crate::server::subscribe_event(
         ctx,
         raw::REDISMODULE_EVENT_MODULE_CHANGE,
         Some(on_module_change),

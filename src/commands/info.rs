@@ -4,17 +4,18 @@ use std::os::raw::{c_char, c_long};
 
 use redis_module::{Context, RedisError, RedisResult, RedisValue, raw};
 
-use super::{Arg, now_ms};
+use super::Arg;
 use crate::blocking;
 use crate::key::LockKey;
 use crate::lock::{Hold, Mode};
+use crate::server;
 use crate::session;
 
 pub fn run(ctx: &Context, args: &[Arg]) -> RedisResult {
     let [_, name] = args else {
         return Err(RedisError::WrongArity);
     };
-    let now = now_ms();
+    let now = server::now_ms();
     let mut key = LockKey::open_read(ctx, name);
     let Some(lock) = key.lock()? else {
         return Ok(RedisValue::Null);
@@ -23,7 +24,7 @@ pub fn run(ctx: &Context, args: &[Arg]) -> RedisResult {
         return Ok(RedisValue::Null);
     };
     let reply = Reply::new(ctx.get_raw());
-    let db = blocking::selected_db(reply.ctx);
+    let db = server::selected_db(reply.ctx);
     let key_name = name.as_bytes();
     let waiters = blocking::waiting(db, key_name);
     let mut holders: Vec<&Hold> = lock.live(now).collect();

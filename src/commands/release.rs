@@ -2,12 +2,10 @@
 
 use redis_module::{Context, RedisError, RedisResult, RedisValue};
 
-use super::apply::{self, OwnerRef};
-use super::{Arg, now_ms, parse_owner};
+use super::{Arg, check_master, parse_holder};
 use crate::blocking;
-use crate::key::LockKey;
-use crate::metrics::{self, events};
-use crate::session;
+use crate::server;
+use crate::store::{self, Site};
 
 struct ReleaseArgs<'a> {
     key: &'a Arg,
@@ -21,31 +19,28 @@ impl<'a> ReleaseArgs<'a> {
         };
         Ok(ReleaseArgs {
             key,
-            owner: parse_owner(owner)?,
+            owner: parse_holder(owner)?,
         })
     }
 }
 
 pub fn run(ctx: &Context, args: &[Arg]) -> RedisResult {
     let args = ReleaseArgs::parse(args)?;
-    let now = now_ms();
-    let mut key = LockKey::open_write(ctx, args.key);
-    let Some(state) = key
-        .lock()?
-        .and_then(|lock| lock.release(args.owner.as_bytes(), now))
-    else {
-        metrics::RELEASES_REJECTED.incr();
+    check_master(ctx)?;
+    let raw_ctx = ctx.get_raw();
+    let db = server::selected_db(raw_ctx);
+    let waiters = blocking::waiting(db, args.key.as_bytes()) > 0;
+    let site = Site {
+        ctx,
+        key: args.key,
+        db,
+    };
+    let Some(state) = store::release(site, args.owner, server::now_ms(), waiters)? else {
         return Ok(RedisValue::Integer(0));
     };
-    apply::replicate(ctx, args.key, OwnerRef::Arg(args.owner), state);
-    metrics::RELEASES.incr();
-    let db = blocking::selected_db(ctx.get_raw());
-    if state.count == 0 {
-        metrics::notify(ctx.get_raw(), events::RELEASED, args.key.raw());
-        session::unbind(db, args.key.as_bytes(), args.owner.as_bytes(), state.token);
-        blocking::released(ctx, key, db, args.key.as_bytes());
-    } else {
-        key.commit();
+    // Redis offers the key to its waiters right after this command, before any other.
+    if state.count == 0 && waiters {
+        server::signal_ready(raw_ctx, args.key.raw());
     }
     Ok(RedisValue::Integer(1))
 }

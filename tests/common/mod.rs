@@ -410,6 +410,16 @@ pub fn blocked_connection(
     c
 }
 
+/// Read the reply a blocked client gets, failing the test if none comes within `within`.
+pub fn reply_within(c: &mut Connection, within: Duration) -> RedisResult<Value> {
+    c.set_read_timeout(Some(within)).unwrap();
+    let reply = c.recv_response();
+    if let Err(e) = &reply {
+        assert!(!e.is_timeout(), "no reply within {within:?}");
+    }
+    reply.and_then(Value::extract_error)
+}
+
 /// `DLOCK.ACQUIRE key owner ttl`, as the reply value.
 pub fn acquire(c: &mut Connection, key: &str, owner: &str, ttl: i64) -> Value {
     cmd("DLOCK.ACQUIRE")

@@ -1,0 +1,311 @@
+//! The one write path: every change to a lock passes through here, whoever makes it — a
+//! client's command, a waiter being granted, a timer ending leases, a disconnect ending
+//! session holds, the replication stream or the AOF.
+//!
+//! Each operation opens the key, applies the lock's rule (`lock.rs`), then, in one place:
+//! commits the value and its expiry, replicates the effect as `DLOCK.APPLY`, publishes the
+//! keyspace event, counts it for `INFO`, keeps session bindings in step and points the
+//! key's timer at the next lease end that matters. It returns what happened as a value; the
+//! caller decides what follows (replying, waking waiters). Nothing here calls back up.
+//!
+//! Callers that are not a client's command (timers, events) must pass the gate
+//! (`server::may_write`) before calling in: `timers.rs` does it for them.
+
+use std::os::raw::c_int;
+
+use redis_module::{Context, RedisError};
+
+use crate::arg::Arg;
+use crate::config;
+use crate::key::LockKey;
+use crate::lock::{AcquireError, Acquired, Hold, HoldState, Lock, Mode};
+use crate::metrics::{self, events};
+use crate::replicate::{self, OwnerRef};
+use crate::session;
+use crate::timers;
+use crate::token::CLOCK;
+
+/// A lock's key as a write sees it: the context, the key's name and its database.
+#[derive(Clone, Copy)]
+pub struct Site<'a> {
+    pub ctx: &'a Context,
+    pub key: &'a Arg,
+    pub db: c_int,
+}
+
+/// A lease length, checked at parsing so that `now + ttl` cannot overflow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ttl(i64);
+
+impl Ttl {
+    /// A lease of `ms` milliseconds, already checked to be in `1..=MAX_TTL_MS`.
+    pub fn new(ms: i64) -> Ttl {
+        Ttl(ms)
+    }
+
+    /// The lease end for a lease starting at `now`.
+    pub fn lease_end(self, now: i64) -> i64 {
+        now.saturating_add(self.0)
+    }
+}
+
+/// What an acquire asks for.
+pub struct Request<'a> {
+    pub owner: OwnerRef<'a>,
+    pub mode: Mode,
+    /// Semaphore permits; 1 for a lock.
+    pub amount: u32,
+    pub ttl: Ttl,
+    /// `SESSION`: bind a granted hold to this client.
+    pub session: Option<u64>,
+}
+
+impl Request<'_> {
+    fn owner(&self) -> &[u8] {
+        match self.owner {
+            OwnerRef::Arg(arg) => arg.as_bytes(),
+            OwnerRef::Bytes(bytes) => bytes,
+        }
+    }
+}
+
+/// Who is acquiring, relative to the clients waiting for the key.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Turn {
+    /// A client's `ACQUIRE`; `queued` when clients already wait (they come first).
+    Command { queued: bool },
+    /// The first waiter, being served.
+    Waiter,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Granted(HoldState),
+    Reentered(HoldState),
+    /// Not now; the live holds' earliest lease end, if any.
+    Busy(Option<i64>),
+}
+
+/// Take the lock at `site` for `request`, removing ended holds on the way.
+pub fn acquire(
+    site: Site,
+    request: &Request,
+    turn: Turn,
+    now: i64,
+) -> Result<Result<Outcome, AcquireError>, RedisError> {
+    let owner = request.owner();
+    let (ahead, waiters) = match turn {
+        Turn::Command { queued } => (queued, queued),
+        Turn::Waiter => (false, true),
+    };
+    let mut key = LockKey::open_write(site.ctx, site.key);
+    let lock = key.lock_or_insert()?;
+    let pruned = lock.prune(now);
+    let lease_end = request.ttl.lease_end(now);
+    // Clients already waiting come first: only a holder of the lock may go past them
+    // (re-entry, downgrade, upgrade); nobody past a semaphore's queue.
+    let acquired = if ahead && !lock.may_pass_queue(owner, request.mode, now) {
+        lock.admits(request.mode, request.amount)
+            .map(|()| Acquired::Busy)
+    } else {
+        lock.acquire(owner, request.mode, request.amount, now, lease_end, &CLOCK)
+    };
+    let changed = acquired != Ok(Acquired::Busy) || !pruned.is_empty() || lock.is_empty();
+    let next_lease_end = lock.next_lease_end(now);
+    watch(site, lock, now, waiters);
+    ended(site, &pruned);
+    let outcome = match acquired {
+        Ok(Acquired::Granted(state)) => {
+            replicate::replicate(site.ctx, site.key, request.owner, state);
+            let event = match turn {
+                Turn::Command { .. } => {
+                    metrics::GRANTS_IMMEDIATE.incr();
+                    events::ACQUIRED
+                }
+                Turn::Waiter => {
+                    metrics::GRANTS_AFTER_WAIT.incr();
+                    events::HANDOVER
+                }
+            };
+            metrics::notify(site.ctx.get_raw(), event, site.key.raw());
+            Ok(Outcome::Granted(state))
+        }
+        Ok(Acquired::Reentered(state)) => {
+            replicate::replicate(site.ctx, site.key, request.owner, state);
+            metrics::REENTRIES.incr();
+            metrics::notify(site.ctx.get_raw(), events::REENTERED, site.key.raw());
+            Ok(Outcome::Reentered(state))
+        }
+        Ok(Acquired::Busy) => Ok(Outcome::Busy(next_lease_end)),
+        Err(error) => Err(error),
+    };
+    if let (Ok(Outcome::Granted(state) | Outcome::Reentered(state)), Some(client)) =
+        (outcome, request.session)
+    {
+        session::bind(client, site.db, site.key.as_bytes(), owner, state.token);
+    }
+    if changed {
+        key.commit(waiters, now);
+    }
+    Ok(outcome)
+}
+
+/// Give back one hold of `owner`. `None` when it holds nothing live; otherwise the hold's
+/// new state (`count == 0`: the hold ended, and waiters may be served).
+pub fn release(
+    site: Site,
+    owner: &Arg,
+    now: i64,
+    waiters: bool,
+) -> Result<Option<HoldState>, RedisError> {
+    let mut key = LockKey::open_write(site.ctx, site.key);
+    let Some(lock) = key.lock()? else {
+        metrics::RELEASES_REJECTED.incr();
+        return Ok(None);
+    };
+    let Some(state) = lock.release(owner.as_bytes(), now) else {
+        metrics::RELEASES_REJECTED.incr();
+        return Ok(None);
+    };
+    watch(site, lock, now, waiters);
+    replicate::replicate(site.ctx, site.key, OwnerRef::Arg(owner), state);
+    metrics::RELEASES.incr();
+    if state.count == 0 {
+        metrics::notify(site.ctx.get_raw(), events::RELEASED, site.key.raw());
+        session::unbind(site.db, site.key.as_bytes(), owner.as_bytes(), state.token);
+    }
+    key.commit(waiters, now);
+    Ok(Some(state))
+}
+
+/// Move every lease of `owner` to `lease_end`. False when it holds nothing live.
+pub fn extend(
+    site: Site,
+    owner: &Arg,
+    lease_end: i64,
+    now: i64,
+    waiters: bool,
+) -> Result<bool, RedisError> {
+    let mut key = LockKey::open_write(site.ctx, site.key);
+    let Some(lock) = key.lock()? else {
+        metrics::EXTENDS_REJECTED.incr();
+        return Ok(false);
+    };
+    let extended = lock.extend(owner.as_bytes(), now, lease_end, |state| {
+        replicate::replicate(site.ctx, site.key, OwnerRef::Arg(owner), state);
+    });
+    if !extended {
+        metrics::EXTENDS_REJECTED.incr();
+        return Ok(false);
+    }
+    watch(site, lock, now, waiters);
+    metrics::EXTENDS.incr();
+    metrics::notify(site.ctx.get_raw(), events::EXTENDED, site.key.raw());
+    key.commit(waiters, now);
+    Ok(true)
+}
+
+/// What `serve` did to a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Served {
+    /// Holds ended (lease over, or their session's connection gone).
+    pub ended: usize,
+    /// Holds of disconnected sessions are still to be ended (the budget ran out).
+    pub more: bool,
+}
+
+/// From a timer: end the holds whose lease is over and, up to `budget`, those whose session
+/// ended; keep an emptied lock (or create one) while clients wait for it; give back the
+/// key's expiry if someone changed it (`PERSIST`, `EXPIRE`): a lock's key always expires with
+/// its latest lease, so nothing can keep a key whose holds all ended.
+pub fn serve(site: Site, now: i64, waiters: bool, budget: usize) -> Result<Served, RedisError> {
+    let name = site.key.as_bytes();
+    let mut key = LockKey::open_write(site.ctx, site.key);
+    let present = key.lock()?.is_some();
+    if !present && !waiters {
+        timers::forget(site.db, name);
+        // Holds of a lock that is gone cannot be ended any more.
+        session::take_ending(site.db, name, usize::MAX);
+        return Ok(Served {
+            ended: 0,
+            more: false,
+        });
+    }
+    let expiry = key.expiry();
+    let lock = key.lock_or_insert()?;
+    let pruned = lock.prune(now);
+    let ending = session::take_ending(site.db, name, budget);
+    let mut removed = Vec::new();
+    for hold in &ending {
+        if let Some(state) = lock.remove(&hold.owner, hold.token) {
+            removed.push((hold, state));
+        }
+    }
+    watch(site, lock, now, waiters);
+    let stale_expiry = !lock.is_empty() && lock.expires_at() != expiry;
+    let emptied = lock.is_empty() && !waiters;
+    ended(site, &pruned);
+    for (hold, state) in &removed {
+        replicate::replicate(site.ctx, site.key, OwnerRef::Bytes(&hold.owner), *state);
+        metrics::RELEASES.incr();
+    }
+    if !removed.is_empty() {
+        metrics::notify(site.ctx.get_raw(), events::RELEASED, site.key.raw());
+    }
+    let count = pruned.len().saturating_add(removed.len());
+    if count > 0 || !present || stale_expiry || emptied {
+        key.commit(waiters, now);
+    }
+    Ok(Served {
+        ended: count,
+        more: session::has_ending(site.db, name),
+    })
+}
+
+/// `DLOCK.APPLY`: set `owner`'s hold to a state decided by the master (or recorded in the AOF).
+pub fn apply(site: Site, owner: &[u8], state: HoldState, now: i64) -> Result<(), RedisError> {
+    let mut key = LockKey::open_write(site.ctx, site.key);
+    if state.count == 0 && key.lock()?.is_none() {
+        return Ok(());
+    }
+    key.lock_or_insert()?.apply(owner, state);
+    key.commit(false, now);
+    Ok(())
+}
+
+/// Point the key's timer at the next lease end that matters: with waiters, the first one
+/// that may let one in; without, one that ends a hold before the key itself expires (shared
+/// holders, semaphore permits, a downgrade). The key's own expiry covers the rest.
+fn watch(site: Site, lock: &Lock, now: i64, waiters: bool) {
+    if !config::expiry_timers() {
+        return;
+    }
+    let (Some(next), Some(last)) = (lock.next_lease_end(now), lock.expires_at()) else {
+        if !waiters {
+            timers::forget(site.db, site.key.as_bytes());
+        }
+        return;
+    };
+    if waiters || next < last {
+        timers::serve_at(site.ctx.get_raw(), site.db, site.key.as_bytes(), next);
+    } else {
+        timers::forget(site.db, site.key.as_bytes());
+    }
+}
+
+/// Replicate, count and announce the removal of holds whose lease ended.
+fn ended(site: Site, pruned: &[Hold]) {
+    if pruned.is_empty() {
+        return;
+    }
+    for hold in pruned {
+        let removed = HoldState {
+            count: 0,
+            ..hold.state()
+        };
+        replicate::replicate(site.ctx, site.key, OwnerRef::Bytes(&hold.owner), removed);
+        session::unbind(site.db, site.key.as_bytes(), &hold.owner, hold.token);
+    }
+    metrics::LEASES_EXPIRED.add(pruned.len() as u64);
+    metrics::notify(site.ctx.get_raw(), events::EXPIRED, site.key.raw());
+}

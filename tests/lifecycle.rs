@@ -1,0 +1,501 @@
+//! Redis's own operations as inputs: pauses, failover, replicas, scripts, CLIENT UNBLOCK,
+//! PERSIST, huge delays. Each test does to a live server what broke an earlier build.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn stat(c: &mut Connection, name: &str) -> i64 {
+    let info: String = cmd("INFO").arg("dlock").query(c).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}:")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in INFO dlock"))
+}
+
+fn ping(c: &mut Connection) -> String {
+    cmd("PING").query(c).unwrap()
+}
+
+fn pttl(c: &mut Connection, key: &str) -> i64 {
+    cmd("PTTL").arg(key).query(c).unwrap()
+}
+
+fn pause(c: &mut Connection, ms: i64, mode: &str) {
+    let _: () = cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(ms)
+        .arg(mode)
+        .query(c)
+        .unwrap();
+}
+
+fn unpause(c: &mut Connection) {
+    let _: () = cmd("CLIENT").arg("UNPAUSE").query(c).unwrap();
+}
+
+/// A lease ends while clients are paused for writes (Redis then hides the expired key but
+/// keeps it): the hand-over waits for the pause to end instead of inserting over the hidden
+/// key (which aborted the server), and the replica and AOF see it afterwards.
+#[test]
+fn a_lease_ending_during_a_write_pause_is_handed_over_after_it() {
+    for config in [
+        &[("appendonly", "no")][..],
+        &[("appendonly", "yes"), ("appendfsync", "always")][..],
+    ] {
+        let master = Server::with_config(config);
+        let replica = Server::start();
+        replicate_from(&replica, &master);
+        let mut m = master.client();
+        grant(&mut m, "k", "h", 300);
+        let mut waiter = blocked_connection(&master, "k", "w", 60_000, 0);
+        wait_until("the waiter to queue", || waiters(&mut m, "k") == 1);
+        pause(&mut m, 3_000, "WRITE");
+        let _: () = cmd("DEBUG").arg("SLEEP").arg(0.5).query(&mut m).unwrap();
+        assert_eq!(ping(&mut m), "PONG");
+        assert_eq!(stat(&mut m, "dlock_waiters"), 1);
+        unpause(&mut m);
+        let Value::Int(token) = reply_within(&mut waiter, Duration::from_secs(5)).unwrap() else {
+            panic!("the waiter was not granted");
+        };
+        assert_eq!(
+            info(&mut m, "k").map(|i| (i.0, i.1)),
+            Some(("w".into(), token))
+        );
+        wait_for_replica(&mut m);
+        let mut r = replica.client();
+        assert_eq!(
+            info(&mut r, "k").map(|i| (i.0, i.1)),
+            Some(("w".into(), token))
+        );
+        assert_eq!(digest(&mut m), digest(&mut r));
+    }
+}
+
+/// Work that is not a client's command — a lease-end hand-over, a session ending with its
+/// connection, a shared holder's lease ending before the key — waits while clients are paused
+/// (FAILOVER pauses them the same way), then happens and replicates.
+#[test]
+fn timers_and_disconnects_wait_out_a_pause_with_aof_and_a_replica() {
+    let master = Server::with_config(&[("appendonly", "yes")]);
+    let replica = Server::start();
+    replicate_from(&replica, &master);
+    let mut m = master.client();
+    let mut session = master.client();
+    let _: i64 = cmd("DLOCK.ACQUIRE")
+        .arg("s")
+        .arg("a")
+        .arg(60_000)
+        .arg("SESSION")
+        .query(&mut session)
+        .unwrap();
+    for (owner, ttl) in [("r1", 200), ("r2", 60_000)] {
+        let _: i64 = cmd("DLOCK.ACQUIRE")
+            .arg("shared")
+            .arg(owner)
+            .arg(ttl)
+            .arg("SHARED")
+            .query(&mut m)
+            .unwrap();
+    }
+    grant(&mut m, "k", "h", 200);
+    let mut waiter = blocked_connection(&master, "k", "w", 60_000, 0);
+    wait_until("the waiter to queue", || waiters(&mut m, "k") == 1);
+    for mode in ["WRITE", "ALL"] {
+        let mut admin = master.client();
+        pause(&mut admin, 1_000, mode);
+        if mode == "WRITE" {
+            drop(std::mem::replace(&mut session, master.client()));
+        }
+        std::thread::sleep(Duration::from_millis(400));
+        assert_eq!(ping(&mut admin), "PONG");
+        unpause(&mut admin);
+    }
+    assert!(matches!(
+        reply_within(&mut waiter, Duration::from_secs(5)),
+        Ok(Value::Int(_))
+    ));
+    wait_until("the session hold to go", || info(&mut m, "s").is_none());
+    wait_until("r1's lease to be removed", || {
+        holders(&mut m, "shared").len() == 1
+    });
+    wait_for_replica(&mut m);
+    let mut r = replica.client();
+    assert_eq!(digest(&mut m), digest(&mut r));
+}
+
+/// A manual FAILOVER (which pauses writes while the replica catches up) with a lease ending in
+/// the middle and a waiter queued: both servers stay up and agree.
+#[test]
+fn failover_with_a_lease_ending_mid_way_keeps_both_servers_up() {
+    let master = Server::with_config(&[("appendonly", "yes")]);
+    let replica = Server::start();
+    replicate_from(&replica, &master);
+    let mut m = master.client();
+    grant(&mut m, "k", "h", 100);
+    let _waiter = blocked_connection(&master, "k", "w", 60_000, 0);
+    wait_until("the waiter to queue", || waiters(&mut m, "k") == 1);
+    let _: () = cmd("FAILOVER")
+        .arg("TIMEOUT")
+        .arg(3_000)
+        .query(&mut m)
+        .unwrap();
+    let mut r = replica.client();
+    wait_until("the replica to take over", || {
+        let role: Vec<Value> = cmd("ROLE").query(&mut r).unwrap();
+        role.first() == Some(&Value::BulkString(b"master".to_vec()))
+    });
+    assert_eq!(ping(&mut m), "PONG");
+    wait_until("the old master to follow", || {
+        let info: String = cmd("INFO").arg("replication").query(&mut m).unwrap();
+        info.contains("master_link_status:up")
+    });
+    wait_for_replica(&mut r);
+    assert_eq!(digest(&mut m), digest(&mut r));
+}
+
+/// No client-chosen delay can stop the module's timers (RedisModule_CreateTimer overflows on
+/// huge periods): leases and waits are capped at 2^40 ms, and a lock with the longest lease and
+/// a waiter leaves other hand-overs on time.
+#[test]
+fn huge_leases_and_waits_do_not_stop_the_timers() {
+    let server = Server::start();
+    let mut c = server.client();
+    let refused = error_of(
+        cmd("DLOCK.ACQUIRE")
+            .arg("evil")
+            .arg("h")
+            .arg(18_445_744_073_709_551_i64)
+            .query(&mut c),
+    );
+    assert_eq!(
+        refused,
+        "ERR ttl is above the maximum of 1099511627776 ms (2^40)"
+    );
+    grant(&mut c, "evil", "h", 1 << 40);
+    let mut far = blocked_connection(&server, "evil", "w", 1_000, 1 << 40);
+    wait_until("the far waiter to queue", || waiters(&mut c, "evil") == 1);
+    grant(&mut c, "k", "h", 100);
+    let start = Instant::now();
+    let mut near = blocked_connection(&server, "k", "w", 1_000, 0);
+    assert!(matches!(
+        reply_within(&mut near, Duration::from_secs(5)),
+        Ok(Value::Int(_))
+    ));
+    assert!(start.elapsed() < Duration::from_secs(2));
+    let timed_out: Value = cmd("DLOCK.ACQUIRE")
+        .arg("evil")
+        .arg("x")
+        .arg(1_000)
+        .arg("WAIT")
+        .arg(100)
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(timed_out, Value::Nil);
+    assert_eq!(release(&mut c, "evil", "h"), 1);
+    assert!(matches!(
+        reply_within(&mut far, Duration::from_secs(5)),
+        Ok(Value::Int(_))
+    ));
+}
+
+/// CPU time (user + system) the server process has used, in clock ticks.
+fn cpu_ticks(server: &Server) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", server.pid())).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// Redis 7.0's event loop spun at 100% CPU once the next module timer was more than ~35.8
+/// minutes away (its delay in microseconds overflowed an int: an hour lands in the past, a
+/// day by luck does not): an hour-long lease with a waiter must leave the server idle.
+#[test]
+fn an_idle_server_with_a_long_lease_and_a_waiter_stays_idle() {
+    let server = Server::start();
+    let mut c = server.client();
+    grant(&mut c, "job", "worker-1", 3_600_000);
+    let _waiter = blocked_connection(&server, "job", "worker-2", 30_000, 0);
+    wait_until("the waiter to queue", || waiters(&mut c, "job") == 1);
+    // Any module timer firing used to start the spin: a session holder disconnecting.
+    let mut session = server.client();
+    let _: i64 = cmd("DLOCK.ACQUIRE")
+        .arg("s")
+        .arg("a")
+        .arg(60_000)
+        .arg("SESSION")
+        .query(&mut session)
+        .unwrap();
+    drop(session);
+    wait_until("the session hold to go", || info(&mut c, "s").is_none());
+    let before = cpu_ticks(&server);
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_ticks(&server) - before;
+    // 100 ticks a second: an idle server uses a few over 2 s (its cron), a spinning one ~200.
+    assert!(used < 40, "the idle server used {used} ticks in 2 s");
+}
+
+/// CLIENT UNBLOCK racing a hand-over (in one pipeline after the RELEASE) cannot give a waiter
+/// two replies, or a grant it was told it did not get: dlock waiters are not unblockable.
+#[test]
+fn client_unblock_racing_a_hand_over_leaves_one_reply() {
+    let server = Server::start();
+    let mut c = server.client();
+    grant(&mut c, "k", "h", 60_000);
+    let mut waiter = blocked_connection(&server, "k", "w", 60_000, 0);
+    wait_until("the waiter to queue", || waiters(&mut c, "k") == 1);
+    let id: i64 = {
+        let list: String = cmd("CLIENT").arg("LIST").query(&mut c).unwrap();
+        list.lines()
+            .find(|l| l.contains("cmd=dlock.acquire"))
+            .and_then(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+            .and_then(|id| id.parse().ok())
+            .unwrap()
+    };
+    let (released, unblocked, holder): (i64, i64, Value) = redis::pipe()
+        .cmd("DLOCK.RELEASE")
+        .arg("k")
+        .arg("h")
+        .cmd("CLIENT")
+        .arg("UNBLOCK")
+        .arg(id)
+        .arg("ERROR")
+        .cmd("DLOCK.INFO")
+        .arg("k")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!((released, unblocked), (1, 0));
+    assert!(matches!(holder, Value::Array(_)));
+    let Value::Int(token) = reply_within(&mut waiter, Duration::from_secs(5)).unwrap() else {
+        panic!("the waiter was not granted");
+    };
+    assert_eq!(
+        info(&mut c, "k").map(|i| (i.0, i.1)),
+        Some(("w".into(), token))
+    );
+    // Exactly one reply: the next one on the connection answers the next command.
+    assert_eq!(ping(&mut waiter), "PONG");
+}
+
+/// A waiter whose deadline passed while the server was stalled is told nil, never granted.
+#[test]
+fn a_waiter_past_its_deadline_is_never_granted() {
+    let server = Server::start();
+    let mut c = server.client();
+    grant(&mut c, "k", "h", 60_000);
+    let mut waiter = blocked_connection(&server, "k", "w", 60_000, 100);
+    wait_until("the waiter to queue", || waiters(&mut c, "k") == 1);
+    let (_, released): ((), i64) = redis::pipe()
+        .cmd("DEBUG")
+        .arg("SLEEP")
+        .arg(0.3)
+        .cmd("DLOCK.RELEASE")
+        .arg("k")
+        .arg("h")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(released, 1);
+    assert_eq!(
+        reply_within(&mut waiter, Duration::from_secs(5)).unwrap(),
+        Value::Nil
+    );
+    assert_eq!(info(&mut c, "k"), None);
+}
+
+/// SESSION binds a hold to a connection; scripts and module calls run on fake clients that
+/// never disconnect, so SESSION is refused there.
+#[test]
+fn session_is_refused_inside_scripts_and_guard() {
+    let server = Server::start();
+    let mut c = server.client();
+    let refused =
+        "ERR SESSION needs a client connection: it cannot be used from a script or a module call";
+    let from_lua = error_of(
+        cmd("EVAL")
+            .arg("return redis.call('DLOCK.ACQUIRE', KEYS[1], 'a', 60000, 'SESSION')")
+            .arg(1)
+            .arg("k")
+            .query(&mut c),
+    );
+    assert!(from_lua.contains(refused), "{from_lua}");
+    let token = grant(&mut c, "guard", "g", 60_000);
+    let from_guard = error_of(
+        cmd("DLOCK.GUARD")
+            .arg("guard")
+            .arg(token)
+            .arg("DLOCK.ACQUIRE")
+            .arg("guard2")
+            .arg("a")
+            .arg(60_000)
+            .arg("SESSION")
+            .query(&mut c),
+    );
+    assert_eq!(from_guard, refused);
+    assert_eq!(info(&mut c, "k"), None);
+    // Inside MULTI the client is real: allowed, and released with the connection.
+    let mut s = server.client();
+    let (token,): (i64,) = redis::pipe()
+        .atomic()
+        .cmd("DLOCK.ACQUIRE")
+        .arg("m")
+        .arg("a")
+        .arg(60_000)
+        .arg("SESSION")
+        .query(&mut s)
+        .unwrap();
+    assert!(token > 0);
+    drop(s);
+    wait_until("the MULTI session hold to go", || {
+        info(&mut c, "m").is_none()
+    });
+}
+
+/// A RELEASE whose queue head cannot be served yet still commits: the replica gets the same
+/// expiry, and a client that WATCHed the key sees it changed.
+#[test]
+fn a_release_with_a_blocked_queue_head_commits() {
+    let master = Server::start();
+    let replica = Server::start();
+    replicate_from(&replica, &master);
+    let mut m = master.client();
+    for (owner, ttl) in [("p1", 60_000), ("p2", 5_000)] {
+        let _: i64 = cmd("DLOCK.ACQUIRE")
+            .arg("q")
+            .arg(owner)
+            .arg(ttl)
+            .arg("SEMAPHORE")
+            .arg(2)
+            .query(&mut m)
+            .unwrap();
+    }
+    let mut big = master.client();
+    let request = cmd("DLOCK.ACQUIRE")
+        .arg("q")
+        .arg("big")
+        .arg(60_000)
+        .arg("SEMAPHORE")
+        .arg(2)
+        .arg("PERMITS")
+        .arg(2)
+        .arg("WAIT")
+        .arg(0)
+        .get_packed_command();
+    big.send_packed_command(&request).unwrap();
+    wait_until("the big request to queue", || waiters(&mut m, "q") == 1);
+    let mut watcher = master.client();
+    let _: () = cmd("WATCH").arg("q").query(&mut watcher).unwrap();
+    assert_eq!(release(&mut m, "q", "p1"), 1);
+    let committed: Option<Vec<Value>> = redis::pipe()
+        .atomic()
+        .cmd("PING")
+        .query(&mut watcher)
+        .unwrap();
+    assert_eq!(committed, None, "EXEC must abort: the key changed");
+    wait_for_replica(&mut m);
+    let mut r = replica.client();
+    let (on_master, on_replica) = (pttl(&mut m, "q"), pttl(&mut r, "q"));
+    assert!(on_master <= 5_000 && (on_master - on_replica).abs() < 500);
+}
+
+/// PERSIST (or EXPIRE) on a lock cannot outlive its lease: the key gets its lease back.
+#[test]
+fn persist_and_expire_cannot_keep_a_lock_past_its_lease() {
+    let server = Server::start();
+    let mut c = server.client();
+    grant(&mut c, "k", "a", 300);
+    let persisted: i64 = cmd("PERSIST").arg("k").query(&mut c).unwrap();
+    assert_eq!(persisted, 1);
+    wait_until("the lease to be the key's expiry again", || {
+        (1..=300).contains(&pttl(&mut c, "k"))
+    });
+    let _: i64 = cmd("EXPIRE").arg("k").arg(1_000_000).query(&mut c).unwrap();
+    wait_until("the lease to be the key's expiry again", || {
+        (1..=300).contains(&pttl(&mut c, "k"))
+    });
+    wait_until("the key to go with its lease", || pttl(&mut c, "k") == -2);
+    assert_eq!(stat(&mut c, "dlock_locks"), 0);
+}
+
+/// A replica with `replica-read-only no` refuses dlock writes: its locks are its master's.
+#[test]
+fn a_writable_replica_refuses_lock_writes() {
+    let master = Server::start();
+    let replica = Server::with_config(&[("replica-read-only", "no")]);
+    replicate_from(&replica, &master);
+    let mut m = master.client();
+    let token = grant(&mut m, "k", "a", 60_000);
+    wait_for_replica(&mut m);
+    let mut r = replica.client();
+    let refused = "READONLY dlock writes are only accepted by a master (this server is a replica)";
+    for command in [
+        cmd("DLOCK.ACQUIRE").arg("k2").arg("b").arg(1_000).clone(),
+        cmd("DLOCK.RELEASE").arg("k").arg("a").clone(),
+        cmd("DLOCK.EXTEND").arg("k").arg("a").arg(1_000).clone(),
+    ] {
+        assert_eq!(error_of(command.query(&mut r)), refused);
+    }
+    assert_eq!(info(&mut r, "k").map(|i| i.1), Some(token));
+}
+
+/// SESSION bindings follow their hold through RENAME, MOVE and SWAPDB: the hold still ends with
+/// its connection wherever it went.
+#[test]
+fn session_bindings_follow_rename_move_and_swapdb() {
+    let server = Server::start();
+    let mut c = server.client();
+    let mut s = server.client();
+    for key in ["renamed", "moved", "swapped"] {
+        let _: i64 = cmd("DLOCK.ACQUIRE")
+            .arg(key)
+            .arg("a")
+            .arg(600_000)
+            .arg("SESSION")
+            .query(&mut s)
+            .unwrap();
+    }
+    let _: () = cmd("RENAME")
+        .arg("renamed")
+        .arg("renamed2")
+        .query(&mut c)
+        .unwrap();
+    let _: i64 = cmd("MOVE").arg("moved").arg(1).query(&mut c).unwrap();
+    let _: () = cmd("SWAPDB").arg(0).arg(2).query(&mut c).unwrap();
+    assert_eq!(stat(&mut c, "dlock_session_holds"), 3);
+    drop(s);
+    wait_until("every session hold to go", || {
+        stat(&mut c, "dlock_locks") == 0
+    });
+    assert_eq!(stat(&mut c, "dlock_session_holds"), 0);
+}
+
+/// A lock's timer goes with the lock: nothing stays armed for keys that are gone.
+#[test]
+fn timers_go_with_their_locks() {
+    let server = Server::start();
+    let mut c = server.client();
+    for i in 0..100 {
+        for (owner, ttl) in [("r1", 60_000), ("r2", 30_000)] {
+            let _: i64 = cmd("DLOCK.ACQUIRE")
+                .arg(format!("k{i}"))
+                .arg(owner)
+                .arg(ttl)
+                .arg("SHARED")
+                .query(&mut c)
+                .unwrap();
+        }
+    }
+    assert_eq!(stat(&mut c, "dlock_timers"), 100);
+    for i in 0..50 {
+        assert_eq!(release(&mut c, &format!("k{i}"), "r1"), 1);
+        assert_eq!(release(&mut c, &format!("k{i}"), "r2"), 1);
+    }
+    assert_eq!(stat(&mut c, "dlock_timers"), 50);
+    let _: () = cmd("FLUSHALL").query(&mut c).unwrap();
+    assert_eq!(stat(&mut c, "dlock_timers"), 0);
+}
