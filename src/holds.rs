@@ -1,13 +1,21 @@
-//! Compact storage for a lock's holds.
+//! Storage for a lock's holds.
 //!
 //! Most locks have one holder with a short owner id, so a lock with one hold and an owner of
 //! up to `INLINE_OWNER` bytes lives in a single 64-byte allocation: one `malloc` per grant
 //! instead of three, and about two thirds of the memory.
+//!
+//! A shared lock or a semaphore may have a hundred thousand holders, and every command asks
+//! its question again (who holds it, how many permits are used, is this token live), so past
+//! `FEW` holds they move into an `Indexed` store that answers each question in O(log n)
+//! instead of scanning them all.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::hash::{BuildHasher, RandomState};
 use std::ops::Deref;
 use std::slice;
 
-use crate::lock::Hold;
+use crate::lock::{Hold, HoldState, Mode};
 
 /// Owners up to this many bytes are stored inline (a UUID with dashes is 36).
 pub const INLINE_OWNER: usize = 38;
@@ -63,83 +71,882 @@ impl Owner {
     }
 }
 
-/// A list of holds with the common single hold stored inline.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// What the live holds add up to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Live {
+    pub holds: usize,
+    /// The sum of the holds' counts: a semaphore's permits in use.
+    pub permits: u64,
+    pub oldest_token: Option<i64>,
+    pub newest_token: Option<i64>,
+}
+
+/// Past this many holds a list moves into an `Indexed` store, and back when it has half as
+/// many: below, a scan is as quick as the indexes and takes a fifth of the memory; the gap
+/// keeps a key that hovers around the size from rebuilding its indexes at every command.
+const FEW: usize = 8;
+
+/// The holds of a lock: the common single hold stored inline, a few in a list that every
+/// question scans, many in an `Indexed` store. Holds are addressed by their slot in
+/// `as_slice`; removing one moves the last hold into its slot.
+#[derive(Clone, Debug, Default)]
 pub enum Holds {
     #[default]
     Empty,
     One(Hold),
-    Many(Vec<Hold>),
+    Few(Vec<Hold>),
+    Many(Box<Indexed>),
 }
+
+impl PartialEq for Holds {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for Holds {}
 
 impl Holds {
     pub fn as_slice(&self) -> &[Hold] {
         match self {
             Holds::Empty => &[],
             Holds::One(hold) => slice::from_ref(hold),
-            Holds::Many(holds) => holds,
+            Holds::Few(holds) => holds,
+            Holds::Many(index) => &index.holds,
         }
     }
 
-    pub fn as_mut_slice(&mut self) -> &mut [Hold] {
+    /// The holds when they are few enough to scan.
+    fn scanned(&self) -> Option<&[Hold]> {
         match self {
-            Holds::Empty => &mut [],
-            Holds::One(hold) => slice::from_mut(hold),
-            Holds::Many(holds) => holds,
+            Holds::Many(_) => None,
+            _ => Some(self.as_slice()),
         }
     }
 
-    pub fn push(&mut self, hold: Hold) {
-        *self = match std::mem::take(self) {
-            Holds::Empty => Holds::One(hold),
-            Holds::One(first) => Holds::Many(vec![first, hold]),
-            Holds::Many(mut holds) => {
-                holds.push(hold);
-                Holds::Many(holds)
-            }
-        };
+    pub fn len(&self) -> usize {
+        self.as_slice().len()
     }
 
-    /// Remove the hold at `index` (order is not kept).
-    pub fn swap_remove(&mut self, index: usize) {
+    /// Add a hold; false (and nothing added) only when the key already has `u32::MAX - 1`
+    /// holds, which no server has the memory for.
+    pub fn push(&mut self, hold: Hold) -> bool {
         match self {
-            Holds::One(_) if index == 0 => *self = Holds::Empty,
-            Holds::Many(holds) if index < holds.len() => {
-                holds.swap_remove(index);
-                if holds.is_empty() {
-                    *self = Holds::Empty;
+            Holds::Empty => *self = Holds::One(hold),
+            Holds::One(_) => {
+                if let Holds::One(first) = std::mem::take(self) {
+                    *self = Holds::Few(vec![first, hold]);
                 }
+            }
+            Holds::Few(holds) if holds.len() < FEW => holds.push(hold),
+            Holds::Few(holds) => {
+                let mut index = Box::new(Indexed::new());
+                for hold in std::mem::take(holds).into_iter().chain([hold]) {
+                    index.push(hold);
+                }
+                *self = Holds::Many(index);
+            }
+            Holds::Many(index) => return index.push(hold),
+        }
+        true
+    }
+
+    /// Remove the hold at `slot`; the last hold takes its slot.
+    pub fn remove(&mut self, slot: usize) -> Option<Hold> {
+        let removed = match self {
+            Holds::Empty => None,
+            Holds::One(_) if slot == 0 => match std::mem::take(self) {
+                Holds::One(hold) => Some(hold),
+                _ => None,
+            },
+            Holds::One(_) => None,
+            Holds::Few(holds) => (slot < holds.len()).then(|| holds.swap_remove(slot)),
+            Holds::Many(index) => index.remove(slot),
+        };
+        match self {
+            Holds::Few(holds) if holds.len() < 2 => {
+                *self = holds.pop().map_or(Holds::Empty, Holds::One);
+            }
+            Holds::Many(index) if index.holds.len() <= FEW / 2 => {
+                let mut holds = std::mem::take(&mut index.holds);
+                holds.shrink_to(FEW);
+                *self = Holds::Few(holds);
             }
             _ => {}
         }
+        removed
     }
 
-    /// Split off the holds for which `keep` is false and return them.
-    pub fn split_off(&mut self, keep: impl Fn(&Hold) -> bool) -> Vec<Hold> {
-        let (kept, removed): (Vec<Hold>, Vec<Hold>) = match std::mem::take(self) {
-            Holds::Empty => return Vec::new(),
-            Holds::One(hold) if keep(&hold) => {
-                *self = Holds::One(hold);
-                return Vec::new();
-            }
-            Holds::One(hold) => return vec![hold],
-            Holds::Many(holds) => holds.into_iter().partition(&keep),
+    /// Give the hold at `slot` a new state (its owner stays); its new state.
+    pub fn set_state(&mut self, slot: usize, state: HoldState) -> Option<HoldState> {
+        let hold = match self {
+            Holds::Empty => None,
+            Holds::One(hold) => (slot == 0).then_some(hold),
+            Holds::Few(holds) => holds.get_mut(slot),
+            Holds::Many(index) => return index.set_state(slot, state),
+        }?;
+        hold.set_state(state);
+        Some(hold.state())
+    }
+
+    /// The slots of `owner`'s holds, live or not, in any mode.
+    pub fn owned<'a>(&'a self, owner: &'a [u8]) -> impl Iterator<Item = usize> + 'a {
+        let few = self.scanned().map(|holds| {
+            (0..holds.len())
+                .filter(move |&slot| holds.get(slot).is_some_and(|h| *h.owner == *owner))
+        });
+        let many = match self {
+            Holds::Many(index) => Some(index.owned(owner)),
+            _ => None,
         };
-        for hold in kept {
-            self.push(hold);
+        few.into_iter().flatten().chain(many.into_iter().flatten())
+    }
+
+    /// The slot of a live hold that carries `token`.
+    pub fn carrying(&self, token: i64, now: i64) -> Option<usize> {
+        match self {
+            Holds::Many(index) => index.carrying(token, now),
+            _ => self
+                .as_slice()
+                .iter()
+                .position(|h| h.token == token && h.is_live(now)),
         }
-        removed
+    }
+
+    /// What the live holds add up to.
+    pub fn live(&self, now: i64) -> Live {
+        match self {
+            Holds::Many(index) => index.tree.live(now),
+            _ => self.as_slice().iter().filter(|h| h.is_live(now)).fold(
+                Live::default(),
+                |live, h| Live {
+                    holds: live.holds.saturating_add(1),
+                    permits: live.permits.saturating_add(u64::from(h.count)),
+                    oldest_token: Some(live.oldest_token.map_or(h.token, |t| t.min(h.token))),
+                    newest_token: live.newest_token.max(Some(h.token)),
+                },
+            ),
+        }
+    }
+
+    /// The slots of the live exclusive holds.
+    pub fn live_exclusive(&self, now: i64) -> impl Iterator<Item = usize> + '_ {
+        let few = self.scanned().map(|holds| {
+            (0..holds.len()).filter(move |&slot| {
+                holds
+                    .get(slot)
+                    .is_some_and(|h| h.mode() == Mode::Exclusive && h.is_live(now))
+            })
+        });
+        let many = match self {
+            Holds::Many(index) => Some(
+                index
+                    .exclusive
+                    .iter()
+                    .rev()
+                    .take_while(move |(lease_end, _)| *lease_end > now)
+                    .filter_map(move |&(_, id)| index.tree.slot(id)),
+            ),
+            _ => None,
+        };
+        few.into_iter().flatten().chain(many.into_iter().flatten())
+    }
+
+    /// The earliest lease end after `now`.
+    pub fn next_lease_end(&self, now: i64) -> Option<i64> {
+        match self {
+            Holds::Many(index) => index.tree.next_lease_end(now),
+            _ => self
+                .as_slice()
+                .iter()
+                .filter(|h| h.is_live(now))
+                .map(|h| h.lease_end)
+                .min(),
+        }
+    }
+
+    /// The latest lease end of any hold.
+    pub fn last_lease_end(&self) -> Option<i64> {
+        match self {
+            Holds::Many(index) => index.tree.last().map(|(lease_end, _)| lease_end),
+            _ => self.as_slice().iter().map(|h| h.lease_end).max(),
+        }
+    }
+
+    /// The limit of a semaphore hold (should holds disagree, the first one's, or the
+    /// smallest when there are many).
+    pub fn semaphore_limit(&self) -> Option<u32> {
+        match self {
+            Holds::Many(index) => index.limits.keys().next().copied(),
+            _ => self.as_slice().iter().find_map(|h| match h.mode() {
+                Mode::Semaphore { limit } => Some(limit),
+                _ => None,
+            }),
+        }
+    }
+
+    /// Remove the holds whose lease ended at `now` and return them.
+    pub fn prune(&mut self, now: i64) -> Vec<Hold> {
+        let mut ended = Vec::new();
+        loop {
+            let first = match self {
+                Holds::Many(index) => index
+                    .tree
+                    .first()
+                    .filter(|&(lease_end, _)| lease_end <= now)
+                    .and_then(|(_, id)| index.tree.slot(id)),
+                _ => self.as_slice().iter().position(|h| !h.is_live(now)),
+            };
+            match first.and_then(|slot| self.remove(slot)) {
+                Some(hold) => ended.push(hold),
+                None => return ended,
+            }
+        }
     }
 
     /// Bytes on the heap beyond the inline slot, for `MEMORY USAGE`.
     pub fn heap_size(&self) -> usize {
         let list = match self {
-            Holds::Many(holds) => holds.capacity().saturating_mul(size_of::<Hold>()),
-            _ => 0,
+            Holds::Empty | Holds::One(_) => 0,
+            Holds::Few(holds) => holds.capacity().saturating_mul(size_of::<Hold>()),
+            Holds::Many(index) => index.heap_size(),
         };
         self.as_slice()
             .iter()
             .fold(list, |sum, h| sum.saturating_add(h.owner.heap_size()))
+    }
+}
+
+/// No node: the end of a branch, an empty tree or table bucket.
+const NIL: u32 = u32::MAX;
+
+/// Many holds, with the indexes that answer every command's question in O(log n):
+///
+/// - `holds`, dense, so that callers still get a slice; removal swaps the last hold in;
+/// - `tree`, a treap of the holds by lease end, each subtree knowing its hold count, permits
+///   and token range: the ended holds are its leftmost ones, so the sums over the live ones
+///   are one walk down the tree;
+/// - `owners`, a hash table of the holds by owner;
+/// - `tokens`, the holds by token, for the fence;
+/// - `exclusive`, the exclusive holds by lease end (usually none or one);
+/// - `limits`, how many semaphore holds have each limit (usually none or one).
+///
+/// Trees, sets and table refer to a hold by its node id, which stays put while the hold
+/// moves between slots.
+#[derive(Clone)]
+pub struct Indexed {
+    holds: Vec<Hold>,
+    /// The node of the hold in each slot.
+    node_of: Vec<u32>,
+    tree: Tree,
+    /// Open addressing with linear probing, at most half full, so that a probe meets an
+    /// empty bucket soon; `NIL` is empty.
+    owners: Vec<u32>,
+    hasher: RandomState,
+    tokens: BTreeSet<(i64, u32)>,
+    exclusive: BTreeSet<(i64, u32)>,
+    limits: BTreeMap<u32, u32>,
+}
+
+impl fmt::Debug for Indexed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(&self.holds).finish()
+    }
+}
+
+impl Indexed {
+    fn new() -> Indexed {
+        let hasher = RandomState::new();
+        // The treap's balance rests on priorities a client cannot predict.
+        let seed = hasher.hash_one(0u8) | 1;
+        Indexed {
+            holds: Vec::new(),
+            node_of: Vec::new(),
+            tree: Tree::new(seed),
+            owners: Vec::new(),
+            hasher,
+            tokens: BTreeSet::new(),
+            exclusive: BTreeSet::new(),
+            limits: BTreeMap::new(),
+        }
+    }
+
+    fn push(&mut self, hold: Hold) -> bool {
+        let Ok(slot) = u32::try_from(self.holds.len()) else {
+            return false;
+        };
+        let Some(id) = self.tree.alloc(&hold, slot) else {
+            return false;
+        };
+        self.holds.push(hold);
+        self.node_of.push(id);
+        self.attach(id);
+        self.insert_owner(id);
+        true
+    }
+
+    fn remove(&mut self, slot: usize) -> Option<Hold> {
+        let id = *self.node_of.get(slot)?;
+        self.detach(id);
+        self.remove_owner(id);
+        let hold = self.holds.swap_remove(slot);
+        self.node_of.swap_remove(slot);
+        if let Some(&moved) = self.node_of.get(slot) {
+            self.tree.set_slot(moved, slot);
+        }
+        self.tree.free(id);
+        Some(hold)
+    }
+
+    fn set_state(&mut self, slot: usize, state: HoldState) -> Option<HoldState> {
+        let id = *self.node_of.get(slot)?;
+        self.detach(id);
+        let hold = self.holds.get_mut(slot)?;
+        hold.set_state(state);
+        let state = hold.state();
+        self.tree.reset(id, hold);
+        self.attach(id);
+        Some(state)
+    }
+
+    /// Enter the hold of node `id` in the tree, tokens, exclusive holds and limits.
+    fn attach(&mut self, id: u32) {
+        let Some(hold) = self.tree.slot(id).and_then(|slot| self.holds.get(slot)) else {
+            return;
+        };
+        self.tokens.insert((hold.token, id));
+        match hold.mode() {
+            Mode::Exclusive => {
+                self.exclusive.insert((hold.lease_end, id));
+            }
+            Mode::Shared => {}
+            Mode::Semaphore { limit } => {
+                let holds = self.limits.entry(limit).or_insert(0);
+                *holds = holds.saturating_add(1);
+            }
+        }
+        self.tree.insert(id);
+    }
+
+    /// Undo `attach`, before the hold changes or leaves.
+    fn detach(&mut self, id: u32) {
+        let Some(hold) = self.tree.slot(id).and_then(|slot| self.holds.get(slot)) else {
+            return;
+        };
+        self.tokens.remove(&(hold.token, id));
+        match hold.mode() {
+            Mode::Exclusive => {
+                self.exclusive.remove(&(hold.lease_end, id));
+            }
+            Mode::Shared => {}
+            Mode::Semaphore { limit } => {
+                if let Some(holds) = self.limits.get_mut(&limit) {
+                    *holds = holds.saturating_sub(1);
+                    if *holds == 0 {
+                        self.limits.remove(&limit);
+                    }
+                }
+            }
+        }
+        self.tree.remove(id);
+    }
+
+    fn owner_hash(&self, id: u32) -> u64 {
+        let owner = self.tree.slot(id).and_then(|slot| self.holds.get(slot));
+        self.hasher.hash_one(owner.map_or(&[][..], |h| &*h.owner))
+    }
+
+    fn insert_owner(&mut self, id: u32) {
+        if self.holds.len().saturating_mul(2) > self.owners.len() {
+            let size = self.owners.len().saturating_mul(2).max(8);
+            self.owners = vec![NIL; size];
+            for slot in 0..self.node_of.len() {
+                if let Some(&id) = self.node_of.get(slot) {
+                    self.place_owner(id);
+                }
+            }
+        } else {
+            self.place_owner(id);
+        }
+    }
+
+    fn place_owner(&mut self, id: u32) {
+        let mask = self.owners.len().wrapping_sub(1);
+        let start = self.owner_hash(id) as usize;
+        for step in 0..self.owners.len() {
+            if let Some(bucket) = self.owners.get_mut(start.wrapping_add(step) & mask)
+                && *bucket == NIL
+            {
+                *bucket = id;
+                return;
+            }
+        }
+    }
+
+    /// Take `id` out of the owner table, moving back the entries after it that would
+    /// otherwise no longer be found from their home bucket.
+    fn remove_owner(&mut self, id: u32) {
+        let mask = self.owners.len().wrapping_sub(1);
+        let start = self.owner_hash(id) as usize;
+        let Some(mut hole) = (0..self.owners.len())
+            .map(|step| start.wrapping_add(step) & mask)
+            .take_while(|&i| self.owners.get(i).is_some_and(|&b| b != NIL))
+            .find(|&i| self.owners.get(i) == Some(&id))
+        else {
+            return;
+        };
+        if let Some(bucket) = self.owners.get_mut(hole) {
+            *bucket = NIL;
+        }
+        let mut next = hole;
+        for _ in 0..self.owners.len() {
+            next = next.wrapping_add(1) & mask;
+            let entry = match self.owners.get(next) {
+                Some(&entry) if entry != NIL => entry,
+                _ => return,
+            };
+            let home = self.owner_hash(entry) as usize & mask;
+            // The entry stays when its home lies cyclically in (hole, next].
+            let stays = if hole <= next {
+                hole < home && home <= next
+            } else {
+                hole < home || home <= next
+            };
+            if !stays {
+                if let Some(bucket) = self.owners.get_mut(hole) {
+                    *bucket = entry;
+                }
+                if let Some(bucket) = self.owners.get_mut(next) {
+                    *bucket = NIL;
+                }
+                hole = next;
+            }
+        }
+    }
+
+    fn owned<'a>(&'a self, owner: &'a [u8]) -> impl Iterator<Item = usize> + 'a {
+        let mask = self.owners.len().wrapping_sub(1);
+        let start = self.hasher.hash_one(owner) as usize;
+        (0..self.owners.len())
+            .map(move |step| {
+                let bucket = self.owners.get(start.wrapping_add(step) & mask);
+                bucket.copied().unwrap_or(NIL)
+            })
+            .take_while(|&id| id != NIL)
+            .filter_map(move |id| self.tree.slot(id))
+            .filter(move |&slot| self.holds.get(slot).is_some_and(|h| *h.owner == *owner))
+    }
+
+    fn carrying(&self, token: i64, now: i64) -> Option<usize> {
+        self.tokens
+            .range((token, 0)..=(token, NIL))
+            .filter_map(|&(_, id)| self.tree.slot(id))
+            .find(|&slot| self.holds.get(slot).is_some_and(|h| h.is_live(now)))
+    }
+
+    fn heap_size(&self) -> usize {
+        // A B-tree node is about two-thirds full: count an entry twice its size.
+        let entry = size_of::<(i64, u32)>().saturating_mul(2);
+        let sets = self.tokens.len().saturating_add(self.exclusive.len());
+        [
+            size_of::<Indexed>(),
+            self.holds.capacity().saturating_mul(size_of::<Hold>()),
+            self.node_of.capacity().saturating_mul(size_of::<u32>()),
+            self.tree.nodes.capacity().saturating_mul(size_of::<Node>()),
+            self.owners.capacity().saturating_mul(size_of::<u32>()),
+            sets.saturating_mul(entry),
+            self.limits.len().saturating_mul(entry),
+        ]
+        .into_iter()
+        .fold(0usize, usize::saturating_add)
+    }
+}
+
+/// A hold in the treap, with what its subtree adds up to.
+#[derive(Clone, Debug)]
+struct Node {
+    lease_end: i64,
+    token: i64,
+    count: u32,
+    /// The hold's slot in `Indexed::holds`.
+    slot: u32,
+    priority: u32,
+    left: u32,
+    right: u32,
+    holds: u32,
+    permits: u64,
+    min_token: i64,
+    max_token: i64,
+}
+
+/// A treap (a binary search tree kept balanced by random priorities) of nodes ordered by
+/// (lease end, id); freed nodes form a list through `left`.
+#[derive(Clone, Debug)]
+struct Tree {
+    nodes: Vec<Node>,
+    root: u32,
+    free: u32,
+    /// xorshift64 state for the priorities.
+    seed: u64,
+}
+
+/// What a subtree adds up to.
+#[derive(Clone, Copy)]
+struct Sum {
+    holds: u32,
+    permits: u64,
+    min_token: i64,
+    max_token: i64,
+}
+
+impl Sum {
+    const NONE: Sum = Sum {
+        holds: 0,
+        permits: 0,
+        min_token: i64::MAX,
+        max_token: i64::MIN,
+    };
+
+    fn join(self, other: Sum) -> Sum {
+        Sum {
+            holds: self.holds.saturating_add(other.holds),
+            permits: self.permits.saturating_add(other.permits),
+            min_token: self.min_token.min(other.min_token),
+            max_token: self.max_token.max(other.max_token),
+        }
+    }
+}
+
+impl Tree {
+    fn new(seed: u64) -> Tree {
+        Tree {
+            nodes: Vec::new(),
+            root: NIL,
+            free: NIL,
+            seed,
+        }
+    }
+
+    fn node(&self, id: u32) -> Option<&Node> {
+        self.nodes.get(id as usize)
+    }
+
+    fn slot(&self, id: u32) -> Option<usize> {
+        self.node(id).map(|n| n.slot as usize)
+    }
+
+    fn set_slot(&mut self, id: u32, slot: usize) {
+        if let (Some(node), Ok(slot)) = (self.nodes.get_mut(id as usize), u32::try_from(slot)) {
+            node.slot = slot;
+        }
+    }
+
+    fn key(&self, id: u32) -> (i64, u32) {
+        (self.node(id).map_or(i64::MAX, |n| n.lease_end), id)
+    }
+
+    fn priority(&self, id: u32) -> u32 {
+        self.node(id).map_or(0, |n| n.priority)
+    }
+
+    fn children(&self, id: u32) -> (u32, u32) {
+        self.node(id).map_or((NIL, NIL), |n| (n.left, n.right))
+    }
+
+    fn own(node: &Node) -> Sum {
+        Sum {
+            holds: 1,
+            permits: u64::from(node.count),
+            min_token: node.token,
+            max_token: node.token,
+        }
+    }
+
+    fn sum(&self, id: u32) -> Sum {
+        self.node(id).map_or(Sum::NONE, |n| Sum {
+            holds: n.holds,
+            permits: n.permits,
+            min_token: n.min_token,
+            max_token: n.max_token,
+        })
+    }
+
+    /// Set the children of `id` and what its subtree adds up to.
+    fn link(&mut self, id: u32, left: u32, right: u32) {
+        let (l, r) = (self.sum(left), self.sum(right));
+        if let Some(node) = self.nodes.get_mut(id as usize) {
+            let sum = l.join(Tree::own(node)).join(r);
+            node.left = left;
+            node.right = right;
+            node.holds = sum.holds;
+            node.permits = sum.permits;
+            node.min_token = sum.min_token;
+            node.max_token = sum.max_token;
+        }
+    }
+
+    /// A detached node for `hold` in `slot`; `None` when ids run out.
+    fn alloc(&mut self, hold: &Hold, slot: u32) -> Option<u32> {
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        let node = Node {
+            lease_end: hold.lease_end,
+            token: hold.token,
+            count: hold.count,
+            slot,
+            priority: (self.seed >> 32) as u32,
+            left: NIL,
+            right: NIL,
+            holds: 1,
+            permits: u64::from(hold.count),
+            min_token: hold.token,
+            max_token: hold.token,
+        };
+        if let Some(free) = self.nodes.get_mut(self.free as usize) {
+            let id = self.free;
+            self.free = free.left;
+            *free = node;
+            return Some(id);
+        }
+        let id = u32::try_from(self.nodes.len())
+            .ok()
+            .filter(|&id| id != NIL)?;
+        self.nodes.push(node);
+        Some(id)
+    }
+
+    fn free(&mut self, id: u32) {
+        if let Some(node) = self.nodes.get_mut(id as usize) {
+            node.left = self.free;
+            self.free = id;
+        }
+    }
+
+    /// Copy a detached node's fields from its hold's new state.
+    fn reset(&mut self, id: u32, hold: &Hold) {
+        if let Some(node) = self.nodes.get_mut(id as usize) {
+            node.lease_end = hold.lease_end;
+            node.token = hold.token;
+            node.count = hold.count;
+        }
+        self.link(id, NIL, NIL);
+    }
+
+    fn insert(&mut self, id: u32) {
+        self.root = self.insert_into(self.root, id);
+    }
+
+    fn insert_into(&mut self, at: u32, id: u32) -> u32 {
+        if self.node(at).is_none() {
+            return id;
+        }
+        let (left, right) = self.children(at);
+        if self.priority(id) > self.priority(at) {
+            let (left, right) = self.split(at, self.key(id));
+            self.link(id, left, right);
+            return id;
+        }
+        if self.key(id) < self.key(at) {
+            let left = self.insert_into(left, id);
+            self.link(at, left, right);
+        } else {
+            let right = self.insert_into(right, id);
+            self.link(at, left, right);
+        }
+        at
+    }
+
+    /// Split the subtree at `at` into the nodes before `key` and the rest.
+    fn split(&mut self, at: u32, key: (i64, u32)) -> (u32, u32) {
+        if self.node(at).is_none() {
+            return (NIL, NIL);
+        }
+        let (left, right) = self.children(at);
+        if self.key(at) < key {
+            let (middle, rest) = self.split(right, key);
+            self.link(at, left, middle);
+            (at, rest)
+        } else {
+            let (before, middle) = self.split(left, key);
+            self.link(at, middle, right);
+            (before, at)
+        }
+    }
+
+    /// Join two subtrees, every key of `a` before every key of `b`.
+    fn merge(&mut self, a: u32, b: u32) -> u32 {
+        if self.node(a).is_none() {
+            return b;
+        }
+        if self.node(b).is_none() {
+            return a;
+        }
+        if self.priority(a) > self.priority(b) {
+            let (left, right) = self.children(a);
+            let right = self.merge(right, b);
+            self.link(a, left, right);
+            a
+        } else {
+            let (left, right) = self.children(b);
+            let left = self.merge(a, left);
+            self.link(b, left, right);
+            b
+        }
+    }
+
+    fn remove(&mut self, id: u32) {
+        self.root = self.remove_from(self.root, id);
+    }
+
+    fn remove_from(&mut self, at: u32, id: u32) -> u32 {
+        if self.node(at).is_none() {
+            return NIL;
+        }
+        let (left, right) = self.children(at);
+        if at == id {
+            return self.merge(left, right);
+        }
+        if self.key(id) < self.key(at) {
+            let left = self.remove_from(left, id);
+            self.link(at, left, right);
+        } else {
+            let right = self.remove_from(right, id);
+            self.link(at, left, right);
+        }
+        at
+    }
+
+    /// The live nodes are those after (now, any id): the right side of one path down.
+    fn live(&self, now: i64) -> Live {
+        let mut sum = Sum::NONE;
+        let mut at = self.root;
+        while let Some(node) = self.node(at) {
+            if node.lease_end > now {
+                sum = sum.join(Tree::own(node)).join(self.sum(node.right));
+                at = node.left;
+            } else {
+                at = node.right;
+            }
+        }
+        Live {
+            holds: sum.holds as usize,
+            permits: sum.permits,
+            oldest_token: (sum.holds > 0).then_some(sum.min_token),
+            newest_token: (sum.holds > 0).then_some(sum.max_token),
+        }
+    }
+
+    fn next_lease_end(&self, now: i64) -> Option<i64> {
+        let mut next = None;
+        let mut at = self.root;
+        while let Some(node) = self.node(at) {
+            if node.lease_end > now {
+                next = Some(node.lease_end);
+                at = node.left;
+            } else {
+                at = node.right;
+            }
+        }
+        next
+    }
+
+    /// The (lease end, id) of the earliest lease.
+    fn first(&self) -> Option<(i64, u32)> {
+        let mut at = self.root;
+        let mut first = None;
+        while let Some(node) = self.node(at) {
+            first = Some((node.lease_end, at));
+            at = node.left;
+        }
+        first
+    }
+
+    /// The (lease end, id) of the latest lease.
+    fn last(&self) -> Option<(i64, u32)> {
+        let mut at = self.root;
+        let mut last = None;
+        while let Some(node) = self.node(at) {
+            last = Some((node.lease_end, at));
+            at = node.right;
+        }
+        last
+    }
+}
+
+#[cfg(test)]
+impl Holds {
+    /// Panic unless every index agrees with the holds.
+    pub fn check(&self) {
+        let holds = self.len();
+        let Holds::Many(index) = self else {
+            assert!(holds <= FEW);
+            assert_eq!(matches!(self, Holds::Few(_)), holds >= 2);
+            return;
+        };
+        let index = &**index;
+        assert!(holds > FEW / 2);
+        assert_eq!(index.holds.len(), index.node_of.len());
+        let mut ids = Vec::new();
+        index.walk(index.tree.root, &mut ids);
+        assert_eq!(ids.len(), index.holds.len());
+        for pair in ids.windows(2) {
+            assert!(
+                index.tree.key(pair.first().copied().unwrap())
+                    < index.tree.key(pair.last().copied().unwrap())
+            );
+        }
+        for (slot, (hold, &id)) in index.holds.iter().zip(&index.node_of).enumerate() {
+            let node = index.tree.node(id).unwrap();
+            assert_eq!(node.slot as usize, slot);
+            assert_eq!(
+                (node.lease_end, node.token, node.count),
+                (hold.lease_end, hold.token, hold.count)
+            );
+            assert!(index.tokens.contains(&(hold.token, id)));
+            assert_eq!(
+                index.exclusive.contains(&(hold.lease_end, id)),
+                hold.mode() == Mode::Exclusive
+            );
+            assert!(index.owned(&hold.owner).any(|s| s == slot));
+        }
+        assert_eq!(index.tokens.len(), index.holds.len());
+        let semaphores: u32 = index.limits.values().sum();
+        let expected = index
+            .holds
+            .iter()
+            .filter(|h| matches!(h.mode(), Mode::Semaphore { .. }))
+            .count();
+        assert_eq!(semaphores as usize, expected);
+        let buckets = index.owners.iter().filter(|&&b| b != NIL).count();
+        assert_eq!(buckets, index.holds.len());
+        assert!(index.owners.len() >= 2 * index.holds.len());
+    }
+}
+
+#[cfg(test)]
+impl Indexed {
+    /// In order, checking each node's priority and sums on the way.
+    fn walk(&self, at: u32, out: &mut Vec<u32>) -> Sum {
+        let Some(node) = self.tree.node(at) else {
+            return Sum::NONE;
+        };
+        for child in [node.left, node.right] {
+            assert!(
+                self.tree
+                    .node(child)
+                    .is_none_or(|c| c.priority <= node.priority)
+            );
+        }
+        let left = self.walk(node.left, out);
+        out.push(at);
+        let right = self.walk(node.right, out);
+        let sum = left.join(Tree::own(node)).join(right);
+        assert_eq!(
+            (sum.holds, sum.permits, sum.min_token, sum.max_token),
+            (node.holds, node.permits, node.min_token, node.max_token)
+        );
+        sum
     }
 }
 
@@ -151,8 +958,8 @@ mod tests {
         let state = crate::lock::HoldState {
             token,
             count: 1,
-            lease_end: 100,
-            mode: crate::lock::Mode::Exclusive,
+            lease_end: 100 + token,
+            mode: crate::lock::Mode::Shared,
         };
         Hold::new(owner.into(), state)
     }
@@ -164,6 +971,7 @@ mod tests {
             "{}",
             size_of::<crate::lock::Lock>()
         );
+        assert_eq!(size_of::<Node>(), 64);
     }
 
     #[test]
@@ -177,21 +985,69 @@ mod tests {
     }
 
     #[test]
-    fn push_remove_and_split_keep_every_hold() {
+    fn push_remove_and_prune_keep_every_other_hold() {
         let mut holds = Holds::default();
-        holds.push(hold(b"a", 1));
+        assert!(holds.push(hold(b"a", 1)));
         assert!(matches!(holds, Holds::One(_)));
         holds.push(hold(b"b", 2));
         holds.push(hold(b"c", 3));
-        assert_eq!(holds.as_slice().len(), 3);
-        let removed = holds.split_off(|h| h.token != 2);
-        assert_eq!(removed, vec![hold(b"b", 2)]);
-        let tokens: Vec<i64> = holds.as_slice().iter().map(|h| h.token).collect();
-        assert_eq!(tokens, [1, 3]);
-        holds.swap_remove(0);
-        holds.swap_remove(5);
+        assert!(matches!(holds, Holds::Few(_)));
+        assert_eq!(holds.len(), 3);
+        let pruned = holds.prune(102);
+        assert_eq!(pruned, vec![hold(b"a", 1), hold(b"b", 2)]);
         assert_eq!(holds.as_slice(), &[hold(b"c", 3)]);
-        holds.swap_remove(0);
+        assert!(matches!(holds, Holds::One(_)));
+        holds.push(hold(b"d", 4));
+        assert_eq!(holds.remove(0), Some(hold(b"c", 3)));
+        assert_eq!(holds.remove(5), None);
+        assert_eq!(holds.as_slice(), &[hold(b"d", 4)]);
+        assert_eq!(holds.remove(0), Some(hold(b"d", 4)));
         assert_eq!(holds, Holds::Empty);
+    }
+
+    #[test]
+    fn many_holds_are_indexed_and_few_are_not() {
+        let mut holds = Holds::default();
+        for token in 1..=FEW as i64 {
+            holds.push(hold(b"a", token));
+            holds.check();
+        }
+        assert!(matches!(holds, Holds::Few(_)));
+        holds.push(hold(b"b", 100));
+        holds.check();
+        assert!(matches!(holds, Holds::Many(_)));
+        let mut pruned = holds.prune(100 + FEW as i64 / 2);
+        holds.check();
+        assert!(matches!(holds, Holds::Many(_)));
+        pruned.extend(holds.prune(101 + FEW as i64 / 2));
+        holds.check();
+        assert!(matches!(holds, Holds::Few(_)));
+        pruned.sort_by_key(|h| h.token);
+        let tokens: Vec<i64> = pruned.iter().map(|h| h.token).collect();
+        assert_eq!(tokens, (1..=1 + FEW as i64 / 2).collect::<Vec<_>>());
+        assert_eq!(holds.len(), FEW / 2);
+        let b = holds.as_slice().iter().position(|h| h.token == 100);
+        assert_eq!(holds.owned(b"b").collect::<Vec<_>>(), Vec::from_iter(b));
+    }
+
+    #[test]
+    fn the_owner_table_finds_every_owner_through_growth_and_removal() {
+        let mut holds = Holds::default();
+        let owner = |i: i64| format!("owner-{}", i % 300).into_bytes();
+        for i in 1..=1_000 {
+            holds.push(hold(&owner(i), i));
+        }
+        holds.check();
+        for i in (1..=1_000).step_by(3) {
+            let slot = holds.carrying(i, 0).unwrap();
+            assert_eq!(holds.remove(slot).map(|h| h.token), Some(i));
+        }
+        holds.check();
+        for i in 1..=1_000 {
+            let found = holds
+                .owned(&owner(i))
+                .any(|slot| holds.as_slice().get(slot).unwrap().token == i);
+            assert_eq!(found, i % 3 != 1, "{i}");
+        }
     }
 }

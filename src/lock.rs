@@ -108,6 +108,14 @@ impl Hold {
         self.kind.mode()
     }
 
+    /// Take `state` (the owner stays).
+    pub fn set_state(&mut self, state: HoldState) {
+        self.token = state.token;
+        self.count = state.count;
+        self.lease_end = state.lease_end;
+        self.kind = Kind::of(state.mode);
+    }
+
     pub fn state(&self) -> HoldState {
         HoldState {
             token: self.token,
@@ -180,13 +188,19 @@ impl Lock {
     pub fn from_holds(holds: Vec<Hold>) -> Self {
         let mut lock = Lock::new();
         for hold in holds {
+            // Fails only past u32::MAX - 1 holds, more than any RDB file could fit in memory.
             lock.holds.push(hold);
         }
         lock
     }
 
     pub fn is_empty(&self) -> bool {
-        self.holds.as_slice().is_empty()
+        self.len() == 0
+    }
+
+    /// The number of holds, live or not.
+    pub fn len(&self) -> usize {
+        self.holds.len()
     }
 
     pub fn holds(&self) -> &[Hold] {
@@ -198,52 +212,71 @@ impl Lock {
         self.holds().iter().filter(move |h| h.is_live(now))
     }
 
+    /// The number of live holds.
+    pub fn live_holds(&self, now: i64) -> usize {
+        self.holds.live(now).holds
+    }
+
+    /// The permits the live holds of a semaphore use.
+    pub fn permits_used(&self, now: i64) -> u64 {
+        self.holds.live(now).permits
+    }
+
+    fn hold(&self, slot: usize) -> Option<&Hold> {
+        self.holds().get(slot)
+    }
+
+    /// The slots of `owner`'s live holds.
+    fn live_owned<'a>(&'a self, owner: &'a [u8], now: i64) -> impl Iterator<Item = usize> + 'a {
+        self.holds
+            .owned(owner)
+            .filter(move |&slot| self.hold(slot).is_some_and(|h| h.is_live(now)))
+    }
+
     /// The hold that stands for the lock: the exclusive holder, or else the live hold with
     /// the oldest token.
     pub fn holder(&self, now: i64) -> Option<&Hold> {
-        self.live(now)
-            .find(|h| h.mode() == Mode::Exclusive)
-            .or_else(|| self.live(now).min_by_key(|h| h.token))
+        let slot = match self.holds.live_exclusive(now).next() {
+            Some(slot) => slot,
+            None => {
+                let oldest = self.holds.live(now).oldest_token?;
+                self.holds.carrying(oldest, now)?
+            }
+        };
+        self.hold(slot)
     }
 
     /// The semaphore's limit when this key is a semaphore.
     pub fn semaphore_limit(&self) -> Option<u32> {
-        self.holds().iter().find_map(|h| match h.mode() {
-            Mode::Semaphore { limit } => Some(limit),
-            _ => None,
-        })
+        self.holds.semaphore_limit()
     }
 
     /// When the key must expire: the latest lease end of any hold.
     pub fn expires_at(&self) -> Option<i64> {
-        self.holds().iter().map(|h| h.lease_end).max()
+        self.holds.last_lease_end()
     }
 
     /// When the next live hold ends: the earliest moment a waiter may get in.
     pub fn next_lease_end(&self, now: i64) -> Option<i64> {
-        self.live(now).map(|h| h.lease_end).min()
+        self.holds.next_lease_end(now)
     }
 
     /// Whether `owner` may act ahead of clients already waiting: a lock's holder (re-entry,
     /// downgrade, upgrade), never a semaphore's, whose queue is strictly first come, first
     /// served.
     pub fn may_pass_queue(&self, owner: &[u8], mode: Mode, now: i64) -> bool {
-        !matches!(mode, Mode::Semaphore { .. }) && self.live(now).any(|h| *h.owner == *owner)
+        !matches!(mode, Mode::Semaphore { .. }) && self.live_owned(owner, now).next().is_some()
     }
 
     /// Remove the holds whose lease has ended and return them, so the caller can replicate
     /// their removal. Call before `acquire`.
     pub fn prune(&mut self, now: i64) -> Vec<Hold> {
-        if self.holds().iter().all(|h| h.is_live(now)) {
-            return Vec::new();
-        }
-        self.holds.split_off(|h| h.is_live(now))
+        self.holds.prune(now)
     }
 
     fn position(&self, owner: &[u8], mode: Mode, now: i64) -> Option<usize> {
-        self.holds()
-            .iter()
-            .position(|h| h.is_live(now) && *h.owner == *owner && h.mode().same_class(mode))
+        self.live_owned(owner, now)
+            .find(|&slot| self.hold(slot).is_some_and(|h| h.mode().same_class(mode)))
     }
 
     /// Whether a request in `mode` for `amount` can ever be granted on this key: a semaphore
@@ -275,41 +308,44 @@ impl Lock {
         clock: &TokenClock,
     ) -> Result<Acquired, AcquireError> {
         self.admits(mode, amount)?;
+        let own_hold = self.position(owner, mode, now);
         let busy = match mode {
             Mode::Semaphore { limit } => {
-                let used: u64 = self.live(now).map(|h| u64::from(h.count)).sum();
+                let used = self.permits_used(now);
                 used.saturating_add(u64::from(amount)) > u64::from(limit)
             }
             Mode::Shared => self
-                .live(now)
-                .any(|h| h.mode() == Mode::Exclusive && *h.owner != *owner),
+                .holds
+                .live_exclusive(now)
+                .any(|slot| self.hold(slot).is_some_and(|h| *h.owner != *owner)),
             Mode::Exclusive => {
-                let own_hold = self.position(owner, mode, now).is_some();
-                let others = self.live(now).any(|h| *h.owner != *owner);
-                if others && !own_hold {
-                    let shares = self.live(now).any(|h| *h.owner == *owner);
-                    if shares {
-                        return Err(AcquireError::UpgradeDeadlock);
-                    }
+                let owned = self.live_owned(owner, now).count();
+                let others = self.live_holds(now) > owned;
+                if others && own_hold.is_none() && owned > 0 {
+                    return Err(AcquireError::UpgradeDeadlock);
                 }
-                others && !own_hold
+                others && own_hold.is_none()
             }
         };
-        if let Some(index) = self.position(owner, mode, now) {
+        if let Some(slot) = own_hold {
             if matches!(mode, Mode::Semaphore { .. }) && busy {
                 return Ok(Acquired::Busy);
             }
-            let hold = self
-                .holds
-                .as_mut_slice()
-                .get_mut(index)
-                .ok_or(AcquireError::TooManyHolds)?;
-            hold.count = hold
+            let hold = self.hold(slot).ok_or(AcquireError::TooManyHolds)?;
+            let count = hold
                 .count
                 .checked_add(amount)
                 .ok_or(AcquireError::TooManyHolds)?;
-            hold.lease_end = lease_end;
-            return Ok(Acquired::Reentered(hold.state()));
+            let state = HoldState {
+                count,
+                lease_end,
+                ..hold.state()
+            };
+            let state = self
+                .holds
+                .set_state(slot, state)
+                .ok_or(AcquireError::TooManyHolds)?;
+            return Ok(Acquired::Reentered(state));
         }
         if busy {
             return Ok(Acquired::Busy);
@@ -321,7 +357,9 @@ impl Lock {
             lease_end,
             mode,
         };
-        self.holds.push(Hold::new(owner.into(), state));
+        if !self.holds.push(Hold::new(owner.into(), state)) {
+            return Err(AcquireError::TooManyHolds);
+        }
         Ok(Acquired::Granted(state))
     }
 
@@ -330,19 +368,21 @@ impl Lock {
     /// `None` when the owner holds nothing live; otherwise the hold's new state, with
     /// `count == 0` when it ended (and was removed).
     pub fn release(&mut self, owner: &[u8], now: i64) -> Option<HoldState> {
-        let index = [Mode::Exclusive, Mode::Shared, Mode::Semaphore { limit: 1 }]
+        let slot = [Mode::Exclusive, Mode::Shared, Mode::Semaphore { limit: 1 }]
             .into_iter()
             .find_map(|mode| self.position(owner, mode, now))?;
-        let hold = self.holds.as_mut_slice().get_mut(index)?;
-        hold.count = match hold.mode() {
+        let state = self.hold(slot)?.state();
+        let count = match state.mode {
             Mode::Semaphore { .. } => 0,
-            _ => hold.count.saturating_sub(1),
+            _ => state.count.saturating_sub(1),
         };
-        let state = hold.state();
-        if state.count == 0 {
-            self.holds.swap_remove(index);
+        let state = HoldState { count, ..state };
+        if count == 0 {
+            self.holds.remove(slot);
+            Some(state)
+        } else {
+            self.holds.set_state(slot, state)
         }
-        Some(state)
     }
 
     /// Move the lease end of every live hold of `owner` to `lease_end`, reporting each new
@@ -354,77 +394,81 @@ impl Lock {
         lease_end: i64,
         mut changed: impl FnMut(HoldState),
     ) -> bool {
-        let mut any = false;
-        for hold in self.holds.as_mut_slice() {
-            if hold.is_live(now) && *hold.owner == *owner {
-                hold.lease_end = lease_end;
-                changed(hold.state());
-                any = true;
+        // Collected before any change, which the lookup's borrow forbids; the slots stay
+        // valid, as a new lease end moves a hold within the indexes, never between slots.
+        let slots: Vec<usize> = self.live_owned(owner, now).collect();
+        for &slot in &slots {
+            let Some(hold) = self.hold(slot) else {
+                continue;
+            };
+            let state = HoldState {
+                lease_end,
+                ..hold.state()
+            };
+            if let Some(state) = self.holds.set_state(slot, state) {
+                changed(state);
             }
         }
-        any
+        !slots.is_empty()
     }
 
     /// End the hold of `owner` that carries `token`, whatever its count; its final state.
     pub fn remove(&mut self, owner: &[u8], token: i64) -> Option<HoldState> {
-        let index = self
-            .holds()
-            .iter()
-            .position(|h| *h.owner == *owner && h.token == token)?;
-        let state = HoldState {
+        let slot = self
+            .holds
+            .owned(owner)
+            .find(|&slot| self.hold(slot).is_some_and(|h| h.token == token))?;
+        let hold = self.holds.remove(slot)?;
+        Some(HoldState {
             count: 0,
-            ..self.holds().get(index)?.state()
-        };
-        self.holds.swap_remove(index);
-        Some(state)
+            ..hold.state()
+        })
     }
 
     /// Set `owner`'s hold of the state's mode to a state decided elsewhere (a master or the
     /// AOF); `count == 0` removes it.
     pub fn apply(&mut self, owner: &[u8], state: HoldState) {
-        let index = self
-            .holds()
-            .iter()
-            .position(|h| *h.owner == *owner && h.mode().same_class(state.mode));
-        match (index, state.count) {
-            (Some(i), 0) => {
-                self.holds.swap_remove(i);
+        let slot = self.holds.owned(owner).find(|&slot| {
+            self.hold(slot)
+                .is_some_and(|h| h.mode().same_class(state.mode))
+        });
+        match (slot, state.count) {
+            (Some(slot), 0) => {
+                self.holds.remove(slot);
             }
             (None, 0) => {}
-            (Some(i), _) => {
-                if let Some(hold) = self.holds.as_mut_slice().get_mut(i) {
-                    *hold = Hold::new(owner.into(), state);
-                }
+            (Some(slot), _) => {
+                self.holds.set_state(slot, state);
             }
-            (None, _) => self.holds.push(Hold::new(owner.into(), state)),
+            (None, _) => {
+                // Fails only past u32::MAX - 1 holds, more than a server has memory for.
+                self.holds.push(Hold::new(owner.into(), state));
+            }
         }
     }
 
     /// Whether a live hold carries `token`: the check before a fenced write.
     pub fn fence(&self, token: i64, now: i64) -> Result<(), FenceError> {
-        let mut newest = None;
-        for hold in self.live(now) {
-            if hold.token == token {
-                return Ok(());
-            }
-            newest = newest.max(Some(hold.token));
+        if self.holds.carrying(token, now).is_some() {
+            return Ok(());
         }
-        match newest {
+        match self.holds.live(now).newest_token {
             None => Err(FenceError::NotHeld),
             Some(newest) if newest > token => Err(FenceError::Stale),
             Some(_) => Err(FenceError::Unknown),
         }
     }
 
-    /// Whether the holds obey the rules every operation keeps: all of a lock or all of one
-    /// semaphore, whose permits fit its limit; at most one exclusive owner, with no other
-    /// owner's hold beside it; one hold per owner and mode. Every command keeps them (holds
-    /// are pruned before any grant); a forged `RESTORE` payload may not.
+    /// Whether the holds obey the rules every operation keeps: each hold has an owner, a
+    /// positive token and a count; all of a lock or all of one semaphore, whose permits fit
+    /// its limit; at most one exclusive owner, with no other owner's hold beside it; one hold
+    /// per owner and mode. Every command keeps them (holds are pruned before any grant); a
+    /// forged `RESTORE` payload may not.
     pub fn is_consistent(&self) -> bool {
         let holds = self.holds();
-        if holds.len() < 2 {
-            return true;
-        }
+        let valid = holds
+            .iter()
+            .all(|h| !h.owner.is_empty() && h.token > 0 && h.count > 0);
         let mut seen = std::collections::HashSet::new();
         let unique = holds
             .iter()
@@ -443,7 +487,7 @@ impl Lock {
                 }
             }
         };
-        unique && rules
+        valid && unique && rules
     }
 
     /// Bytes this lock owns on the heap, for `MEMORY USAGE`.
@@ -920,5 +964,651 @@ mod tests {
             &owner_from_bits(0x0123_4567_89ab_cdef_fedc_ba98_7654_3210),
             b"0123456789abcdeffedcba9876543210"
         );
+    }
+
+    /// The holds as a plain list, every question answered by a scan: the rules as they were
+    /// before the indexes, to check the indexed lock against.
+    #[derive(Clone, Debug, Default)]
+    struct Naive {
+        holds: Vec<Hold>,
+    }
+
+    impl Naive {
+        fn live(&self, now: i64) -> impl Iterator<Item = &Hold> {
+            self.holds.iter().filter(move |h| h.is_live(now))
+        }
+
+        fn holder(&self, now: i64) -> Option<&Hold> {
+            self.live(now)
+                .find(|h| h.mode() == Mode::Exclusive)
+                .or_else(|| self.live(now).min_by_key(|h| h.token))
+        }
+
+        fn semaphore_limit(&self) -> Option<u32> {
+            self.holds.iter().find_map(|h| match h.mode() {
+                Mode::Semaphore { limit } => Some(limit),
+                _ => None,
+            })
+        }
+
+        fn expires_at(&self) -> Option<i64> {
+            self.holds.iter().map(|h| h.lease_end).max()
+        }
+
+        fn next_lease_end(&self, now: i64) -> Option<i64> {
+            self.live(now).map(|h| h.lease_end).min()
+        }
+
+        fn may_pass_queue(&self, owner: &[u8], mode: Mode, now: i64) -> bool {
+            !matches!(mode, Mode::Semaphore { .. }) && self.live(now).any(|h| *h.owner == *owner)
+        }
+
+        fn prune(&mut self, now: i64) -> Vec<Hold> {
+            let (kept, ended) = std::mem::take(&mut self.holds)
+                .into_iter()
+                .partition(|h| h.is_live(now));
+            self.holds = kept;
+            ended
+        }
+
+        fn position(&self, owner: &[u8], mode: Mode, now: i64) -> Option<usize> {
+            self.holds
+                .iter()
+                .position(|h| h.is_live(now) && *h.owner == *owner && h.mode().same_class(mode))
+        }
+
+        fn admits(&self, mode: Mode, amount: u32) -> Result<(), AcquireError> {
+            match (mode, self.semaphore_limit()) {
+                (Mode::Semaphore { .. }, None) if !self.holds.is_empty() => {
+                    Err(AcquireError::NotASemaphore)
+                }
+                (Mode::Semaphore { limit }, Some(current)) if limit != current => {
+                    Err(AcquireError::LimitMismatch)
+                }
+                (Mode::Semaphore { limit }, _) if amount > limit => {
+                    Err(AcquireError::PermitsAboveLimit)
+                }
+                (Mode::Exclusive | Mode::Shared, Some(_)) => Err(AcquireError::NotALock),
+                _ => Ok(()),
+            }
+        }
+
+        fn acquire(
+            &mut self,
+            owner: &[u8],
+            mode: Mode,
+            amount: u32,
+            now: i64,
+            lease_end: i64,
+            clock: &TokenClock,
+        ) -> Result<Acquired, AcquireError> {
+            self.admits(mode, amount)?;
+            let busy = match mode {
+                Mode::Semaphore { limit } => {
+                    let used: u64 = self.live(now).map(|h| u64::from(h.count)).sum();
+                    used + u64::from(amount) > u64::from(limit)
+                }
+                Mode::Shared => self
+                    .live(now)
+                    .any(|h| h.mode() == Mode::Exclusive && *h.owner != *owner),
+                Mode::Exclusive => {
+                    let own_hold = self.position(owner, mode, now).is_some();
+                    let others = self.live(now).any(|h| *h.owner != *owner);
+                    if others && !own_hold && self.live(now).any(|h| *h.owner == *owner) {
+                        return Err(AcquireError::UpgradeDeadlock);
+                    }
+                    others && !own_hold
+                }
+            };
+            if let Some(index) = self.position(owner, mode, now) {
+                if matches!(mode, Mode::Semaphore { .. }) && busy {
+                    return Ok(Acquired::Busy);
+                }
+                let hold = self.holds.get_mut(index).unwrap();
+                hold.count = hold
+                    .count
+                    .checked_add(amount)
+                    .ok_or(AcquireError::TooManyHolds)?;
+                hold.lease_end = lease_end;
+                return Ok(Acquired::Reentered(hold.state()));
+            }
+            if busy {
+                return Ok(Acquired::Busy);
+            }
+            let token = clock.issue(now).ok_or(AcquireError::TokensExhausted)?;
+            let state = HoldState {
+                token,
+                count: amount,
+                lease_end,
+                mode,
+            };
+            self.holds.push(Hold::new(owner.into(), state));
+            Ok(Acquired::Granted(state))
+        }
+
+        fn release(&mut self, owner: &[u8], now: i64) -> Option<HoldState> {
+            let index = [Mode::Exclusive, Mode::Shared, Mode::Semaphore { limit: 1 }]
+                .into_iter()
+                .find_map(|mode| self.position(owner, mode, now))?;
+            let hold = self.holds.get_mut(index).unwrap();
+            hold.count = match hold.mode() {
+                Mode::Semaphore { .. } => 0,
+                _ => hold.count - 1,
+            };
+            let state = hold.state();
+            if state.count == 0 {
+                self.holds.swap_remove(index);
+            }
+            Some(state)
+        }
+
+        fn extend(&mut self, owner: &[u8], now: i64, lease_end: i64) -> Vec<HoldState> {
+            let mut changed = vec![];
+            for hold in &mut self.holds {
+                if hold.is_live(now) && *hold.owner == *owner {
+                    hold.lease_end = lease_end;
+                    changed.push(hold.state());
+                }
+            }
+            changed
+        }
+
+        fn remove(&mut self, owner: &[u8], token: i64) -> Option<HoldState> {
+            let index = self
+                .holds
+                .iter()
+                .position(|h| *h.owner == *owner && h.token == token)?;
+            let hold = self.holds.swap_remove(index);
+            Some(HoldState {
+                count: 0,
+                ..hold.state()
+            })
+        }
+
+        fn apply(&mut self, owner: &[u8], state: HoldState) {
+            let index = self
+                .holds
+                .iter()
+                .position(|h| *h.owner == *owner && h.mode().same_class(state.mode));
+            match (index, state.count) {
+                (Some(i), 0) => {
+                    self.holds.swap_remove(i);
+                }
+                (None, 0) => {}
+                (Some(i), _) => *self.holds.get_mut(i).unwrap() = Hold::new(owner.into(), state),
+                (None, _) => self.holds.push(Hold::new(owner.into(), state)),
+            }
+        }
+
+        fn fence(&self, token: i64, now: i64) -> Result<(), FenceError> {
+            let mut newest = None;
+            for hold in self.live(now) {
+                if hold.token == token {
+                    return Ok(());
+                }
+                newest = newest.max(Some(hold.token));
+            }
+            match newest {
+                None => Err(FenceError::NotHeld),
+                Some(newest) if newest > token => Err(FenceError::Stale),
+                Some(_) => Err(FenceError::Unknown),
+            }
+        }
+    }
+
+    /// xorshift64*: deterministic, so a failing seed replays.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+
+        fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+            *items.get(self.below(items.len() as u64) as usize).unwrap()
+        }
+    }
+
+    fn sorted(holds: impl IntoIterator<Item = Hold>) -> Vec<(i64, Vec<u8>, HoldState)> {
+        let mut list: Vec<_> = holds
+            .into_iter()
+            .map(|h| (h.token, h.owner.to_vec(), h.state()))
+            .collect();
+        list.sort_by_key(|(token, owner, state)| (*token, owner.clone(), state.mode.code()));
+        list
+    }
+
+    fn sorted_states(mut states: Vec<HoldState>) -> Vec<HoldState> {
+        states.sort_by_key(|s| (s.token, s.mode.code()));
+        states
+    }
+
+    /// Every question, asked of both at `now`.
+    fn same_answers(lock: &Lock, naive: &Naive, owners: &[Vec<u8>], now: i64, rng: &mut Rng) {
+        lock.holds.check();
+        let cloned = |holds: &[Hold]| holds.to_vec();
+        assert_eq!(sorted(cloned(lock.holds())), sorted(naive.holds.clone()));
+        assert_eq!(
+            sorted(lock.live(now).cloned()),
+            sorted(naive.live(now).cloned())
+        );
+        assert_eq!(lock.len(), naive.holds.len());
+        assert_eq!(lock.live_holds(now), naive.live(now).count());
+        assert_eq!(
+            lock.permits_used(now),
+            naive.live(now).map(|h| u64::from(h.count)).sum::<u64>()
+        );
+        assert_eq!(lock.expires_at(), naive.expires_at());
+        assert_eq!(lock.next_lease_end(now), naive.next_lease_end(now));
+        // Which of several live exclusive holds (or semaphore limits) stands first depended
+        // on the list's order, which no command can build; then any one of them will do.
+        let exclusive: Vec<&Hold> = naive
+            .live(now)
+            .filter(|h| h.mode() == Mode::Exclusive)
+            .collect();
+        match (exclusive.len(), lock.holder(now)) {
+            (0 | 1, holder) => assert_eq!(holder, naive.holder(now)),
+            (_, Some(holder)) => assert!(exclusive.contains(&holder)),
+            (_, None) => panic!("no holder"),
+        }
+        let mut limits: Vec<u32> = naive
+            .holds
+            .iter()
+            .filter_map(|h| match h.mode() {
+                Mode::Semaphore { limit } => Some(limit),
+                _ => None,
+            })
+            .collect();
+        limits.dedup();
+        match limits.len() {
+            0 | 1 => assert_eq!(lock.semaphore_limit(), naive.semaphore_limit()),
+            _ => assert!(limits.contains(&lock.semaphore_limit().unwrap())),
+        }
+        let mut tokens = vec![0, 1, i64::MAX];
+        for _ in 0..4 {
+            if let Some(hold) = naive
+                .holds
+                .get(rng.below(naive.holds.len() as u64 + 1) as usize)
+            {
+                tokens.extend([hold.token - 1, hold.token, hold.token + 1]);
+            }
+        }
+        for token in tokens {
+            assert_eq!(lock.fence(token, now), naive.fence(token, now), "{token}");
+        }
+        for owner in owners.iter().take(4) {
+            for mode in [Mode::Exclusive, Mode::Semaphore { limit: 3 }] {
+                assert_eq!(
+                    lock.may_pass_queue(owner, mode, now),
+                    naive.may_pass_queue(owner, mode, now)
+                );
+            }
+        }
+    }
+
+    /// Drive the indexed lock and the naive one with the same random commands and compare
+    /// every answer and the holds after every step.
+    /// Returns how often each outcome of `acquire` came up, and the most holds the key had.
+    fn run_model(
+        seed: u64,
+        steps: usize,
+        owner_count: usize,
+        modes: &[Mode],
+        max_amount: u64,
+        lease: u64,
+    ) -> (std::collections::BTreeMap<String, usize>, usize) {
+        let mut outcomes = std::collections::BTreeMap::new();
+        let mut most = 0;
+        let mut rng = Rng(seed);
+        let owners: Vec<Vec<u8>> = (0..owner_count)
+            .map(|i| match i % 4 {
+                // Past INLINE_OWNER: stored on the heap.
+                3 => format!("{i:-<48}").into_bytes(),
+                _ => format!("o{i}").into_bytes(),
+            })
+            .collect();
+        let (clock, naive_clock) = (TokenClock::new(), TokenClock::new());
+        let (mut lock, mut naive) = (Lock::new(), Naive::default());
+        let mut now = NOW;
+        for step in 0..steps {
+            now += rng.pick(&[0, 0, 1, 3, 10, 40]);
+            let owner = owners.get(rng.below(owner_count as u64) as usize).unwrap();
+            let lease_end = now + 1 + rng.below(lease) as i64;
+            let context = format!("seed {seed} step {step}");
+            match rng.below(12) {
+                0..=4 => {
+                    assert_eq!(
+                        sorted(lock.prune(now)),
+                        sorted(naive.prune(now)),
+                        "{context}"
+                    );
+                    let mode = rng.pick(modes);
+                    let amount = 1 + rng.below(max_amount) as u32;
+                    let got = lock.acquire(owner, mode, amount, now, lease_end, &clock);
+                    assert_eq!(
+                        got,
+                        naive.acquire(owner, mode, amount, now, lease_end, &naive_clock),
+                        "{context}"
+                    );
+                    let outcome = format!("{got:?}");
+                    let outcome = outcome.split('(').take(2).collect::<Vec<_>>().join("(");
+                    *outcomes.entry(outcome).or_insert(0) += 1;
+                }
+                5 | 6 => assert_eq!(
+                    lock.release(owner, now),
+                    naive.release(owner, now),
+                    "{context}"
+                ),
+                7 => {
+                    let mut changed = vec![];
+                    let extended = lock.extend(owner, now, lease_end, |s| changed.push(s));
+                    let expected = naive.extend(owner, now, lease_end);
+                    assert_eq!(extended, !expected.is_empty(), "{context}");
+                    assert_eq!(sorted_states(changed), sorted_states(expected), "{context}");
+                }
+                8 => {
+                    let token = match naive.holds.get(rng.below(4) as usize) {
+                        Some(hold) => hold.token,
+                        None => 7,
+                    };
+                    assert_eq!(
+                        lock.remove(owner, token),
+                        naive.remove(owner, token),
+                        "{context}"
+                    );
+                }
+                9 => {
+                    let token = clock.issue(now).unwrap();
+                    assert_eq!(naive_clock.issue(now), Some(token));
+                    // A master never has two semaphore limits on a key, so neither do we.
+                    let mode = match (rng.pick(modes), naive.semaphore_limit()) {
+                        (Mode::Semaphore { .. }, Some(limit)) => Mode::Semaphore { limit },
+                        (mode, _) => mode,
+                    };
+                    let state = HoldState {
+                        token,
+                        count: rng.below(3) as u32,
+                        lease_end: now - 20 + rng.below(lease) as i64,
+                        mode,
+                    };
+                    lock.apply(owner, state);
+                    naive.apply(owner, state);
+                }
+                10 => assert_eq!(
+                    sorted(lock.prune(now)),
+                    sorted(naive.prune(now)),
+                    "{context}"
+                ),
+                _ => {
+                    let mode = rng.pick(modes);
+                    assert_eq!(lock.admits(mode, 2), naive.admits(mode, 2), "{context}");
+                }
+            }
+            same_answers(&lock, &naive, &owners, now, &mut rng);
+            let later = now + rng.below(60) as i64;
+            same_answers(&lock, &naive, &owners, later, &mut rng);
+            most = most.max(lock.len());
+        }
+        (outcomes, most)
+    }
+
+    #[test]
+    fn the_indexed_lock_answers_as_the_naive_one_does() {
+        use Mode::{Exclusive, Semaphore, Shared};
+        let mut outcomes = std::collections::BTreeMap::new();
+        let mut tally = |(seen, most): (std::collections::BTreeMap<String, usize>, usize)| {
+            for (outcome, times) in seen {
+                *outcomes.entry(outcome).or_insert(0) += times;
+            }
+            most
+        };
+        for seed in 1..=20 {
+            tally(run_model(
+                seed,
+                3_000,
+                6,
+                &[Exclusive, Shared, Shared],
+                1,
+                120,
+            ));
+            let five = Semaphore { limit: 5 };
+            tally(run_model(
+                seed,
+                3_000,
+                6,
+                &[five, five, five, Semaphore { limit: 6 }],
+                3,
+                120,
+            ));
+            tally(run_model(
+                seed,
+                1_000,
+                5,
+                &[Exclusive, Shared, Semaphore { limit: 4 }],
+                5,
+                120,
+            ));
+        }
+        // Around `FEW` holds: moving into the indexes and out again.
+        for seed in 1..=4 {
+            let modes = [Exclusive, Shared, Shared, Shared, Shared];
+            let most = tally(run_model(seed, 2_000, 20, &modes, 1, 600));
+            assert!(most > 12, "{most}");
+        }
+        // Many holders: deep trees, a growing and shrinking owner table.
+        let most = tally(run_model(1_007, 2_000, 300, &[Shared], 1, 10_000));
+        assert!(most > 100, "{most}");
+        let most = tally(run_model(
+            1_008,
+            2_000,
+            300,
+            &[Semaphore { limit: 400 }],
+            3,
+            10_000,
+        ));
+        assert!(most > 100, "{most}");
+        for outcome in [
+            "Ok(Granted",
+            "Ok(Reentered",
+            "Ok(Busy)",
+            "Err(UpgradeDeadlock)",
+            "Err(NotALock)",
+            "Err(NotASemaphore)",
+            "Err(LimitMismatch)",
+            "Err(PermitsAboveLimit)",
+        ] {
+            assert!(outcomes.get(outcome).is_some_and(|&n| n > 10), "{outcome}");
+        }
+    }
+
+    #[test]
+    fn consistency_requires_an_owner_a_token_and_a_count_within_the_limit() {
+        let hold = |owner: &[u8], token, count, mode| {
+            let state = HoldState {
+                token,
+                count,
+                lease_end: NOW,
+                mode,
+            };
+            Hold::new(owner.into(), state)
+        };
+        let four = Mode::Semaphore { limit: 4 };
+        for (holds, consistent) in [
+            (vec![hold(b"a", 1, 4, four)], true),
+            (vec![hold(b"a", 1, 5, four)], false),
+            (vec![hold(b"a", 1, 0, Mode::Exclusive)], false),
+            (vec![hold(b"a", 0, 1, Mode::Shared)], false),
+            (vec![hold(b"a", -3, 1, Mode::Shared)], false),
+            (vec![hold(b"", 1, 1, Mode::Shared)], false),
+            (vec![hold(b"a", 1, 1, Mode::Shared)], true),
+            (vec![], true),
+        ] {
+            let lock = Lock::from_holds(holds.clone());
+            assert_eq!(lock.is_consistent(), consistent, "{holds:?}");
+        }
+    }
+
+    const HOLDERS: usize = 100_000;
+
+    fn many_owner(i: usize) -> Vec<u8> {
+        format!("{i:032x}").into_bytes()
+    }
+
+    fn crowded(mode: Mode, clock: &TokenClock) -> Lock {
+        let mut lock = Lock::new();
+        for i in 0..HOLDERS {
+            lock.prune(NOW);
+            let lease_end = NOW + 10_000 + (i % 977) as i64;
+            let got = lock.acquire(&many_owner(i), mode, 1, NOW, lease_end, clock);
+            assert!(matches!(got, Ok(Acquired::Granted(_))), "{got:?}");
+        }
+        lock
+    }
+
+    /// One round of what a busy key sees: a new holder comes, its token is checked, an old
+    /// holder extends, the new one leaves, the holder is looked up.
+    fn round(lock: &mut Lock, mode: Mode, i: usize, clock: &TokenClock) {
+        let now = NOW + 1;
+        let newcomer = many_owner(HOLDERS + i);
+        lock.prune(now);
+        let token = match lock.acquire(&newcomer, mode, 1, now, now + 20_000, clock) {
+            Ok(Acquired::Granted(state)) => state.token,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(lock.fence(token, now), Ok(()));
+        assert!(lock.extend(&many_owner(i), now, now + 30_000, |_| {}));
+        assert_eq!(lock.release(&newcomer, now).map(|s| s.count), Some(0));
+        assert!(lock.holder(now).is_some());
+        assert!(lock.next_lease_end(now).is_some());
+    }
+
+    #[test]
+    fn commands_on_a_key_with_100k_holders_take_log_n() {
+        use std::time::{Duration, Instant};
+        const ROUNDS: usize = 10_000;
+        for mode in [Mode::Shared, Mode::Semaphore { limit: MAX_LIMIT }] {
+            let clock = TokenClock::new();
+            let started = Instant::now();
+            let mut lock = crowded(mode, &clock);
+            let built = started.elapsed();
+            let started = Instant::now();
+            for i in 0..ROUNDS {
+                round(&mut lock, mode, i, &clock);
+            }
+            let rounds = started.elapsed();
+            lock.holds.check();
+            // The same rounds on the naive list, for comparison (fewer: each scans them all).
+            let mut naive = Naive {
+                holds: lock.holds().to_vec(),
+            };
+            let started = Instant::now();
+            for i in 0..100 {
+                let newcomer = many_owner(2 * HOLDERS + i);
+                let now = NOW + 1;
+                naive.prune(now);
+                let got = naive.acquire(&newcomer, mode, 1, now, now + 20_000, &clock);
+                let Ok(Acquired::Granted(state)) = got else {
+                    panic!("{got:?}")
+                };
+                assert_eq!(naive.fence(state.token, now), Ok(()));
+                assert!(!naive.extend(&many_owner(i), now, now + 30_000).is_empty());
+                assert_eq!(naive.release(&newcomer, now).map(|s| s.count), Some(0));
+                assert!(naive.holder(now).is_some());
+                assert!(naive.next_lease_end(now).is_some());
+            }
+            let naive_round = started.elapsed() / 100;
+            eprintln!(
+                "{mode:?}: {HOLDERS} grants in {built:?}; {ROUNDS} rounds in {rounds:?} \
+                 ({:?} a round; naive: {naive_round:?} a round)",
+                rounds / ROUNDS as u32
+            );
+            assert!(rounds < Duration::from_secs(1), "{rounds:?}");
+            assert!(built < Duration::from_secs(5), "{built:?}");
+        }
+    }
+
+    /// A key with `holders` short-owner shared holds, and the same holds as the plain list
+    /// they were kept in before the indexes.
+    fn filled(holders: usize) -> (Lock, Vec<Hold>) {
+        let clock = TokenClock::new();
+        let mut lock = Lock::new();
+        for i in 0..holders {
+            let state = HoldState {
+                token: clock.issue(NOW).unwrap(),
+                count: 1,
+                lease_end: NOW + (i % 977) as i64,
+                mode: Mode::Shared,
+            };
+            lock.apply(&many_owner(i), state);
+        }
+        let mut plain = Vec::new();
+        for hold in lock.holds() {
+            plain.push(hold.clone());
+        }
+        (lock, plain)
+    }
+
+    #[test]
+    fn an_extra_holder_costs_at_most_250_bytes() {
+        for holders in [1_000, HOLDERS] {
+            let (lock, plain) = filled(holders);
+            let per_holder = lock.heap_size() / holders;
+            let before = plain.capacity() * size_of::<Hold>() / holders;
+            eprintln!("{holders} holders: {per_holder} B a holder, {before} B as a plain list");
+            assert!(per_holder <= 250, "{per_holder}");
+        }
+    }
+
+    #[repr(C)]
+    struct MallInfo2 {
+        arena: usize,
+        ordblks: usize,
+        smblks: usize,
+        hblks: usize,
+        hblkhd: usize,
+        usmblks: usize,
+        fsmblks: usize,
+        uordblks: usize,
+        fordblks: usize,
+        keepcost: usize,
+    }
+
+    unsafe extern "C" {
+        fn mallinfo2() -> MallInfo2;
+    }
+
+    /// Bytes the process has taken from malloc, headers included, over every arena.
+    fn heap_in_use() -> isize {
+        let info = unsafe { mallinfo2() };
+        (info.uordblks + info.hblkhd) as isize
+    }
+
+    #[test]
+    #[ignore = "reads the whole process's heap: run alone, with --test-threads=1"]
+    fn memory_usage_matches_what_malloc_gives() {
+        for holders in [1_000, 65_537, HOLDERS, 131_072] {
+            let before = heap_in_use();
+            let (lock, plain) = filled(holders);
+            let both = heap_in_use() - before;
+            drop(plain);
+            let indexed = heap_in_use() - before;
+            let plain = both - indexed;
+            eprintln!(
+                "{holders} holders: {} B a holder indexed (MEMORY USAGE says {}), \
+                 {} B as a plain list",
+                indexed / holders as isize,
+                lock.heap_size() / holders,
+                plain / holders as isize
+            );
+            let estimate = lock.heap_size() as f64 / indexed as f64;
+            assert!((0.8..1.25).contains(&estimate), "{estimate}");
+        }
     }
 }
