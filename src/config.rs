@@ -4,14 +4,21 @@
 
 use std::ffi::{CStr, c_longlong};
 use std::os::raw::{c_char, c_int, c_uint, c_void};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering};
 
+use rand::RngCore;
 use redis_module::{RedisString, raw};
+
+use crate::token::{CLOCK, NODE_IDS};
 
 static MAX_OWNER_LENGTH: AtomicI64 = AtomicI64::new(256);
 static MAX_TTL: AtomicI64 = AtomicI64::new(0);
 static MAX_WAITERS: AtomicI64 = AtomicI64::new(0);
 static EXPIRY_TIMERS: AtomicBool = AtomicBool::new(true);
+/// -1: the id drawn at load (`RANDOM_NODE_ID`).
+static NODE_ID: AtomicI64 = AtomicI64::new(-1);
+static RANDOM_NODE_ID: AtomicU8 = AtomicU8::new(0);
+static MAX_TOKEN_LEAD: AtomicI64 = AtomicI64::new(3_600_000);
 
 /// The most `dlock.max-owner-length` can be set to.
 pub const MAX_OWNER_LENGTH_LIMIT: usize = 65_536;
@@ -39,21 +46,40 @@ pub fn expiry_timers() -> bool {
     EXPIRY_TIMERS.load(Ordering::Relaxed)
 }
 
+/// The node id `dlock.node-id` puts in tokens: the configured one, or the random one.
+fn node_id_in_use() -> u8 {
+    u8::try_from(NODE_ID.load(Ordering::Relaxed))
+        .unwrap_or_else(|_| RANDOM_NODE_ID.load(Ordering::Relaxed))
+}
+
+/// The token clock keeps its own copy of its settings, so that token.rs stays plain Rust.
+fn apply_node_id() {
+    CLOCK.set_node(node_id_in_use());
+}
+
+fn apply_max_token_lead() {
+    CLOCK.set_max_lead(MAX_TOKEN_LEAD.load(Ordering::Relaxed));
+}
+
 struct Numeric {
     name: &'static CStr,
     value: &'static AtomicI64,
     default: i64,
     min: i64,
     max: i64,
+    /// Run after every change, whoever makes it (load, redis.conf, CONFIG SET).
+    apply: Option<fn()>,
 }
 
-const NUMERIC: [Numeric; 3] = [
+/// A static, not a const: Redis keeps a pointer to each entry as the config's private data.
+static NUMERIC: [Numeric; 5] = [
     Numeric {
         name: c"max-owner-length",
         value: &MAX_OWNER_LENGTH,
         default: 256,
         min: 1,
         max: MAX_OWNER_LENGTH_LIMIT as i64,
+        apply: None,
     },
     Numeric {
         name: c"max-ttl",
@@ -61,6 +87,7 @@ const NUMERIC: [Numeric; 3] = [
         default: 0,
         min: 0,
         max: i64::MAX,
+        apply: None,
     },
     Numeric {
         name: c"max-waiters",
@@ -68,14 +95,31 @@ const NUMERIC: [Numeric; 3] = [
         default: 0,
         min: 0,
         max: i64::MAX,
+        apply: None,
+    },
+    Numeric {
+        name: c"node-id",
+        value: &NODE_ID,
+        default: -1,
+        min: -1,
+        max: NODE_IDS - 1,
+        apply: Some(apply_node_id),
+    },
+    Numeric {
+        name: c"max-token-lead",
+        value: &MAX_TOKEN_LEAD,
+        default: 3_600_000,
+        min: 0,
+        max: i64::MAX,
+        apply: Some(apply_max_token_lead),
     },
 ];
 
 const EXPIRY_TIMERS_NAME: &CStr = c"expiry-timers";
 
 unsafe extern "C" fn get_numeric(_name: *const c_char, privdata: *mut c_void) -> c_longlong {
-    match unsafe { privdata.cast::<AtomicI64>().as_ref() } {
-        Some(value) => value.load(Ordering::Relaxed),
+    match unsafe { privdata.cast::<Numeric>().as_ref() } {
+        Some(config) => config.value.load(Ordering::Relaxed),
         None => 0,
     }
 }
@@ -86,10 +130,19 @@ unsafe extern "C" fn set_numeric(
     privdata: *mut c_void,
     _err: *mut *mut raw::RedisModuleString,
 ) -> c_int {
-    if let Some(target) = unsafe { privdata.cast::<AtomicI64>().as_ref() } {
-        target.store(value, Ordering::Relaxed);
+    if let Some(config) = unsafe { privdata.cast::<Numeric>().as_ref() } {
+        config.store(value);
     }
     raw::REDISMODULE_OK as c_int
+}
+
+impl Numeric {
+    fn store(&self, value: i64) {
+        self.value.store(value, Ordering::Relaxed);
+        if let Some(apply) = self.apply {
+            apply();
+        }
+    }
 }
 
 unsafe extern "C" fn get_bool(_name: *const c_char, privdata: *mut c_void) -> c_int {
@@ -152,6 +205,14 @@ pub fn register(ctx: *mut raw::RedisModuleCtx, args: &[RedisString]) -> Result<(
     else {
         return Err("this server has no module config API (Redis 7.0 or newer needed)".into());
     };
+    // Drawn even when an id is configured: `CONFIG SET dlock.node-id -1` may ask for it later.
+    // The clock keeps only the low bits of this byte.
+    let mut random = [0u8; 1];
+    rand::rngs::OsRng
+        .try_fill_bytes(&mut random)
+        .map_err(|e| format!("no system random source for dlock.node-id: {e}"))?;
+    let [random] = random;
+    RANDOM_NODE_ID.store(random, Ordering::Relaxed);
     for config in &NUMERIC {
         let default = match given_for(config.name) {
             Some(v) => v
@@ -168,7 +229,7 @@ pub fn register(ctx: *mut raw::RedisModuleCtx, args: &[RedisString]) -> Result<(
                 })?,
             None => config.default,
         };
-        config.value.store(default, Ordering::Relaxed);
+        config.store(default);
         let registered = unsafe {
             register_numeric(
                 ctx,
@@ -180,7 +241,7 @@ pub fn register(ctx: *mut raw::RedisModuleCtx, args: &[RedisString]) -> Result<(
                 Some(get_numeric),
                 Some(set_numeric),
                 None,
-                std::ptr::from_ref(config.value).cast_mut().cast(),
+                std::ptr::from_ref(config).cast_mut().cast(),
             )
         };
         if registered != raw::REDISMODULE_OK as c_int {

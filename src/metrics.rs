@@ -9,7 +9,7 @@ use redis_module::raw;
 
 use crate::session;
 use crate::timers;
-use crate::token::CLOCK;
+use crate::token::{self, CLOCK};
 
 pub struct Counter(AtomicU64);
 
@@ -81,7 +81,7 @@ pub unsafe extern "C" fn info(ctx: *mut raw::RedisModuleInfoCtx, _for_crash_repo
         return;
     };
     let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
-    let fields: [(&CStr, i64); 16] = [
+    let fields: [(&CStr, i64); 17] = [
         (c"locks", LOCKS.get()),
         (c"waiters", WAITERS.get()),
         (c"grants_immediate", GRANTS_IMMEDIATE.get()),
@@ -96,6 +96,7 @@ pub unsafe extern "C" fn info(ctx: *mut raw::RedisModuleInfoCtx, _for_crash_repo
         (c"guards", GUARDS.get()),
         (c"guards_refused", GUARDS_REFUSED.get()),
         (c"last_token", CLOCK.last()),
+        (c"node_id", i64::from(token::node_id())),
         (c"session_holds", count(session::bound())),
         (c"timers", count(timers::pending())),
     ];

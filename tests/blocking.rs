@@ -58,9 +58,9 @@ fn token(reply: &Value) -> i64 {
     }
 }
 
-/// The server's wall-clock millisecond a token was issued at (tokens count 4096 per ms).
+/// The server's wall-clock millisecond a token was issued at (8192 ticks per ms).
 fn issued_at(token: i64) -> i64 {
-    token / 4096 + EPOCH_MS
+    token / 8192 + EPOCH_MS
 }
 
 #[test]

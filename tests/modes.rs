@@ -197,8 +197,8 @@ fn every_holder_has_its_own_lease_and_its_end_wakes_waiters_at_once() {
     let mut waiter = waiting_in(&server, "sem", "next", &["SEMAPHORE", "2"]);
     wait_until("the waiter to queue", || waiters(&mut c, "sem") == 1);
     let token = granted(&mut waiter);
-    let lease_end = short / 4096 + 1_735_689_600_000 + 150;
-    let granted_at = token / 4096 + 1_735_689_600_000;
+    let lease_end = short / 8192 + 1_735_689_600_000 + 150;
+    let granted_at = token / 8192 + 1_735_689_600_000;
     assert!(
         (lease_end..lease_end + 100).contains(&granted_at),
         "granted {} ms after the lease ended",

@@ -197,6 +197,7 @@ fn info_dlock_counts_every_kind_of_event() {
             "dlock_guards",
             "dlock_guards_refused",
             "dlock_last_token",
+            "dlock_node_id",
             "dlock_session_holds",
             "dlock_timers",
         ]

@@ -121,10 +121,10 @@ struct Grant {
     release_sent: Instant,
 }
 
-/// The server millisecond a token was issued at (4096 tokens per ms while the wall clock
+/// The server millisecond a token was issued at (8192 ticks per ms while the wall clock
 /// leads, which these runs never outpace).
 fn issued_ms(token: i64) -> i64 {
-    token / 4096 + EPOCH_MS
+    token / 8192 + EPOCH_MS
 }
 
 /// A grant one contender got, before it holds and releases the lock.
