@@ -30,6 +30,7 @@ mod key;
 mod local;
 mod lock;
 mod metrics;
+mod recovery;
 mod replicate;
 mod server;
 mod session;
@@ -218,6 +219,10 @@ fn init(ctx: &Context, args: &[RedisString]) -> Status {
     }
     timers::init(blocking::on_due);
     if let Err(reason) = blocking::subscribe(ctx.get_raw()) {
+        ctx.log_warning(&format!("dlock: cannot load: {reason}"));
+        return Status::Err;
+    }
+    if let Err(reason) = recovery::subscribe(ctx.get_raw()) {
         ctx.log_warning(&format!("dlock: cannot load: {reason}"));
         return Status::Err;
     }

@@ -499,3 +499,42 @@ fn timers_go_with_their_locks() {
     let _: () = cmd("FLUSHALL").query(&mut c).unwrap();
     assert_eq!(stat(&mut c, "dlock_timers"), 0);
 }
+
+/// A restarted (here: reloaded) or promoted server arms the timers of the locks it holds: a
+/// shared holder whose lease ends before its key is removed at its lease end, counted and
+/// replicated, without any command touching the key.
+#[test]
+fn timers_are_armed_again_after_a_reload_and_a_promotion() {
+    let master = Server::start();
+    let replica = Server::start();
+    replicate_from(&replica, &master);
+    let mut m = master.client();
+    for (key, short) in [("reloaded", 1_500), ("promoted", 3_000)] {
+        for (owner, ttl) in [("r1", short), ("r2", 600_000)] {
+            let _: i64 = cmd("DLOCK.ACQUIRE")
+                .arg(key)
+                .arg(owner)
+                .arg(ttl)
+                .arg("SHARED")
+                .query(&mut m)
+                .unwrap();
+        }
+    }
+    wait_for_replica(&mut m);
+    let _: () = cmd("DEBUG").arg("RELOAD").query(&mut m).unwrap();
+    let expired = stat(&mut m, "dlock_leases_expired");
+    wait_until("r1's lease to be removed after the reload", || {
+        stat(&mut m, "dlock_leases_expired") == expired + 1
+    });
+    let dump: Vec<u8> = cmd("DUMP").arg("reloaded").query(&mut m).unwrap();
+    assert!(!dump.windows(2).any(|w| w == b"r1"));
+
+    let mut r = replica.client();
+    let _: () = cmd("REPLICAOF").arg("NO").arg("ONE").query(&mut r).unwrap();
+    wait_until_within(
+        "r1's lease to be removed after the promotion",
+        Duration::from_secs(10),
+        || stat(&mut r, "dlock_leases_expired") == 1,
+    );
+    assert_eq!(holders(&mut r, "promoted").len(), 1);
+}
