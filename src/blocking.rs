@@ -30,6 +30,7 @@ use redis_module::{Context, RedisError, RedisResult, RedisValue, raw};
 
 use crate::arg::Arg;
 use crate::config;
+use crate::datatype;
 use crate::errors::{ERR_BLOCK, acquire_error, err_too_many_waiters, key_error};
 use crate::key::LockKey;
 use crate::local;
@@ -463,9 +464,14 @@ pub unsafe extern "C" fn on_keyspace_event(
     } else {
         unsafe { std::ffi::CStr::from_ptr(event) }.to_bytes()
     };
+    let evicted = datatype::was_unlinked(key) && event == b"evicted";
     let key = Arg::from_raw(key);
     let db = server::selected_db(ctx);
     let name = key.as_bytes();
+    if evicted {
+        metrics::EVICTED.incr();
+        metrics::notify(ctx, metrics::events::EVICTED, key.raw());
+    }
     match event {
         b"rename_from" | b"move_from" => session::moving_from(db, name),
         b"rename_to" | b"move_to" => session::moved_to(db, name),

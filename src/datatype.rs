@@ -7,7 +7,7 @@
 use std::ffi::CStr;
 use std::os::raw::{c_char, c_int, c_void};
 use std::ptr;
-use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
 use redis_module::raw;
 
@@ -51,7 +51,7 @@ pub fn register(ctx: *mut raw::RedisModuleCtx) -> Result<(), &'static str> {
         aux_save: Some(aux_save),
         aux_save_triggers: raw::REDISMODULE_AUX_BEFORE_RDB as c_int,
         free_effort: None,
-        unlink: None,
+        unlink: Some(unlink),
         copy: Some(copy),
         defrag: None,
         mem_usage2: None,
@@ -196,6 +196,21 @@ unsafe extern "C" fn free(value: *mut c_void) {
     let ended = lock.holds().iter().filter(|h| !h.is_live(now)).count();
     metrics::LEASES_EXPIRED.add(ended as u64);
     metrics::LOCKS.decr();
+}
+
+/// The key name object of the lock last removed from the keyspace, as an address: Redis
+/// removes an evicted key, then announces it (`evicted`) with the same name object, and the
+/// announcement does not say what type the key held.
+static UNLINKED: AtomicUsize = AtomicUsize::new(0);
+
+unsafe extern "C" fn unlink(key: *mut raw::RedisModuleString, _value: *const c_void) {
+    UNLINKED.store(key as usize, Ordering::Relaxed);
+}
+
+/// Whether `key` (the name object of a keyspace event) is the lock just removed; forgets it
+/// either way, so a later event never matches a stale name.
+pub fn was_unlinked(key: *mut raw::RedisModuleString) -> bool {
+    UNLINKED.swap(0, Ordering::Relaxed) == key as usize
 }
 
 /// `COPY` duplicates the lock: same owners, tokens and leases under the new name.

@@ -122,6 +122,8 @@ impl LockKey {
                 }
                 (None, _, Some(delete)) => {
                     delete(self.key);
+                    // No keyspace event follows a module's delete to consume the name.
+                    datatype::was_unlinked(self.name);
                 }
                 _ => {}
             }

@@ -236,6 +236,13 @@ fn init(ctx: &Context, args: &[RedisString]) -> Status {
         ctx.log_warning(&format!("dlock: cannot load: no system random source: {e}"));
         return Status::Err;
     }
+    if metrics::evictable() {
+        ctx.log_warning(
+            "dlock: the maxmemory policy can evict locks: an evicted lock is freed before its \
+             lease ends and may be handed to a waiter. Use maxmemory-policy noeviction for the \
+             keys' instance (README, Operations); INFO dlock counts evictions (dlock_evicted).",
+        );
+    }
     ctx.set_module_options(
         redis_module::ModuleOptions::HANDLE_IO_ERRORS
             | redis_module::ModuleOptions::NO_IMPLICIT_SIGNAL_MODIFIED,

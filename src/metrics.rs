@@ -68,6 +68,20 @@ pub static WAIT_TIMEOUTS: Counter = Counter::new();
 /// `DLOCK.GUARD` calls whose token passed the fence (the inner command ran) or did not.
 pub static GUARDS: Counter = Counter::new();
 pub static GUARDS_REFUSED: Counter = Counter::new();
+/// Locks removed by `maxmemory` eviction: freed early, whatever their leases.
+pub static EVICTED: Counter = Counter::new();
+
+/// Whether the server's `maxmemory` policy may evict locks (every lock has a TTL, so the
+/// `volatile-*` policies can too).
+pub fn evictable() -> bool {
+    match unsafe { raw::RedisModule_GetContextFlags } {
+        Some(flags) => {
+            (unsafe { flags(std::ptr::null_mut()) }) & raw::REDISMODULE_CTX_FLAGS_EVICT as c_int
+                != 0
+        }
+        None => false,
+    }
+}
 
 /// The `INFO dlock` section (fields appear as `dlock_<name>`).
 pub unsafe extern "C" fn info(ctx: *mut raw::RedisModuleInfoCtx, _for_crash_report: c_int) {
@@ -81,7 +95,7 @@ pub unsafe extern "C" fn info(ctx: *mut raw::RedisModuleInfoCtx, _for_crash_repo
         return;
     };
     let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
-    let fields: [(&CStr, i64); 17] = [
+    let fields: [(&CStr, i64); 19] = [
         (c"locks", LOCKS.get()),
         (c"waiters", WAITERS.get()),
         (c"grants_immediate", GRANTS_IMMEDIATE.get()),
@@ -95,6 +109,8 @@ pub unsafe extern "C" fn info(ctx: *mut raw::RedisModuleInfoCtx, _for_crash_repo
         (c"wait_timeouts", WAIT_TIMEOUTS.get()),
         (c"guards", GUARDS.get()),
         (c"guards_refused", GUARDS_REFUSED.get()),
+        (c"evictable", i64::from(evictable())),
+        (c"evicted", EVICTED.get()),
         (c"last_token", CLOCK.last()),
         (c"node_id", i64::from(token::node_id())),
         (c"session_holds", count(session::bound())),
@@ -118,6 +134,7 @@ pub mod events {
     pub const EXTENDED: &CStr = c"dlock.extended";
     pub const EXPIRED: &CStr = c"dlock.expired";
     pub const HANDOVER: &CStr = c"dlock.handover";
+    pub const EVICTED: &CStr = c"dlock.evicted";
 }
 
 /// Publish a lock event on `key` (seen by clients with `notify-keyspace-events` including

@@ -538,3 +538,57 @@ fn timers_are_armed_again_after_a_reload_and_a_promotion() {
     );
     assert_eq!(holders(&mut r, "promoted").len(), 1);
 }
+
+/// A maxmemory policy that can evict locks is announced at load and in INFO, and every
+/// evicted lock is counted and published (`dlock.evicted`).
+#[test]
+fn evicted_locks_are_counted_and_announced() {
+    let server = Server::with_config(&[
+        ("maxmemory", "1gb"),
+        ("maxmemory-policy", "volatile-lru"),
+        ("notify-keyspace-events", "Ed"),
+    ]);
+    let mut c = server.client();
+    assert!(
+        server
+            .log()
+            .contains("dlock: the maxmemory policy can evict locks")
+    );
+    assert_eq!(stat(&mut c, "dlock_evictable"), 1);
+    let mut sub = server.client();
+    let _: () = cmd("SUBSCRIBE")
+        .arg("__keyevent@0__:dlock.evicted")
+        .query(&mut sub)
+        .unwrap();
+    for i in 0..200 {
+        grant(&mut c, &format!("lock:{i}"), "a", 600_000);
+    }
+    let used = used_memory(&mut c);
+    let _: () = cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(used - 10_000)
+        .query(&mut c)
+        .unwrap();
+    // Eviction runs before this write (which may still be refused for memory).
+    let _ = cmd("SET")
+        .arg("filler")
+        .arg("x".repeat(1000))
+        .query::<Value>(&mut c);
+    let evicted = stat(&mut c, "dlock_evicted");
+    assert!(evicted > 0);
+    assert_eq!(stat(&mut c, "dlock_locks"), 200 - evicted);
+    let message = sub.recv_response().unwrap();
+    assert!(format!("{message:?}").contains("lock:"), "{message:?}");
+    let _: () = cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(0)
+        .query(&mut c)
+        .unwrap();
+    // RELEASE deleting a lock is not an eviction.
+    grant(&mut c, "plain", "a", 600_000);
+    assert_eq!(release(&mut c, "plain", "a"), 1);
+    let _: () = cmd("SET").arg("x").arg("y").query(&mut c).unwrap();
+    assert_eq!(stat(&mut c, "dlock_evicted"), evicted);
+}

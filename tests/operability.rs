@@ -196,6 +196,8 @@ fn info_dlock_counts_every_kind_of_event() {
             "dlock_wait_timeouts",
             "dlock_guards",
             "dlock_guards_refused",
+            "dlock_evictable",
+            "dlock_evicted",
             "dlock_last_token",
             "dlock_node_id",
             "dlock_session_holds",
