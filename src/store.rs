@@ -243,6 +243,12 @@ pub fn serve(site: Site, now: i64, waiters: bool, budget: usize) -> Result<Serve
     }
     watch(site, lock, now, waiters);
     let stale_expiry = !lock.is_empty() && lock.expires_at() != expiry;
+    // Replicas got the PERSIST or EXPIRE too: give them the lease back as well, with the
+    // hold that ends last (unchanged, so applying it only restores the key's expiry).
+    let last_hold = stale_expiry
+        .then(|| lock.holds().iter().max_by_key(|h| h.lease_end))
+        .flatten()
+        .map(|h| (h.owner.clone(), h.state()));
     let emptied = lock.is_empty() && !waiters;
     ended(site, &pruned);
     for (hold, state) in &removed {
@@ -251,6 +257,9 @@ pub fn serve(site: Site, now: i64, waiters: bool, budget: usize) -> Result<Serve
     }
     if !removed.is_empty() {
         metrics::notify(site.ctx.get_raw(), events::RELEASED, site.key.raw());
+    }
+    if let Some((owner, state)) = &last_hold {
+        replicate::replicate(site.ctx, site.key, OwnerRef::Bytes(owner), *state);
     }
     let count = pruned.len().saturating_add(removed.len());
     if count > 0 || !present || stale_expiry || emptied {
