@@ -197,9 +197,10 @@ pub const GUARD: Doc = Doc {
 };
 
 pub const APPLY: Doc = Doc {
-    summary:
-        c"Internal: sets one hold of a lock as a master decided it (replication and AOF only).",
-    complexity: c"O(1)",
+    summary: c"Internal: sets one hold of a lock as a master decided it, or with HOLDS n \
+               (owner token holds lease_end_ms mode_code)... n holds at once (a rewritten AOF); \
+               replication and AOF only.",
+    complexity: c"O(log N) per hold set, where N is the number of the lock's holders",
     arity: -6,
     key_specs: &first_key(RW_UPDATE),
     args: &[

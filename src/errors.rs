@@ -13,6 +13,22 @@ pub const ERR_TOKENS_EXHAUSTED: &str =
 pub const ERR_APPLY_INTERNAL: &str =
     "ERR DLOCK.APPLY is internal: only a master's replication stream or the AOF may send it";
 pub const ERR_APPLY_ARGS: &str = "ERR DLOCK.APPLY arguments are out of range";
+/// Why a hold from outside (`DLOCK.APPLY`, an RDB file, `RESTORE`) is refused: the same text
+/// in the reply to a master and, without "ERR ", in the log line of a refused load.
+pub const ERR_HOLD_INVALID: &str =
+    "ERR invalid hold: the owner is empty, the token is not positive or the hold count is 0";
+pub const ERR_HOLD_LEASE_END: &str =
+    "ERR invalid hold: the lease end is negative (it is a Unix time in milliseconds)";
+pub const ERR_HOLD_TOKEN_LEAD: &str = "ERR invalid hold: its token leads this server's clock by \
+     more than dlock.max-token-lead (0 disables the check)";
+pub const ERR_HOLD_WRITERS: &str =
+    "ERR invalid lock: an exclusive hold beside another owner's hold";
+pub const ERR_HOLD_MODES: &str =
+    "ERR invalid lock: lock and semaphore holds, or semaphores of different limits, on one key";
+pub const ERR_HOLD_PERMITS: &str = "ERR invalid lock: more permits than the semaphore's limit";
+pub const ERR_HOLD_DUPLICATE: &str = "ERR invalid lock: two holds of one owner in one mode";
+pub const ERR_HOLD_RULES: &str = "ERR invalid lock: its holds break the lock's rules";
+pub const ERR_HOLD_UNREADABLE: &str = "ERR the value is truncated or unreadable";
 pub const ERR_HOLDS_OVERFLOW: &str = "ERR too many re-entries: the hold count would overflow";
 pub const ERR_KEY_UNWRITABLE: &str = "ERR the key could not be opened for writing";
 pub const ERR_WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";

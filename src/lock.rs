@@ -175,6 +175,17 @@ pub enum FenceError {
     Unknown,
 }
 
+/// A rule of `is_consistent` that a hold from outside would break.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Broken {
+    /// An exclusive hold beside another owner's hold.
+    Writers,
+    /// Lock and semaphore holds, or semaphores of different limits, on one key.
+    Modes,
+    /// More permits than the semaphore's limit.
+    Permits,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Lock {
     holds: Holds,
@@ -445,6 +456,64 @@ impl Lock {
                 self.holds.push(Hold::new(owner.into(), state));
             }
         }
+    }
+
+    /// Whether `apply(owner, state)` keeps the rules `is_consistent` checks, given that they
+    /// hold now — in O(log n), because states from outside (the AOF, a master, an RDB file)
+    /// arrive one hold at a time and a scan per hold would make loading quadratic. The hold's
+    /// own fields (owner, token, count, lease end) are the caller's to check. On success, the
+    /// owner's hold that `state` replaces, if any.
+    pub fn check_apply(&self, owner: &[u8], state: HoldState) -> Result<Option<HoldState>, Broken> {
+        let current = self
+            .holds
+            .owned(owner)
+            .filter_map(|slot| self.hold(slot))
+            .find(|h| h.mode().same_class(state.mode))
+            .map(Hold::state);
+        if state.count == 0 {
+            return Ok(current);
+        }
+        let others = self.len().saturating_sub(usize::from(current.is_some()));
+        match state.mode {
+            Mode::Semaphore { limit } => {
+                // A consistent key with a hold and no semaphore limit is a lock.
+                match self.semaphore_limit() {
+                    None if others > 0 => return Err(Broken::Modes),
+                    Some(existing) if existing != limit && others > 0 => {
+                        return Err(Broken::Modes);
+                    }
+                    _ => {}
+                }
+                // Lease ends are never negative, so at i64::MIN every hold counts.
+                let used = self
+                    .holds
+                    .live(i64::MIN)
+                    .permits
+                    .saturating_sub(current.map_or(0, |c| u64::from(c.count)));
+                if used.saturating_add(u64::from(state.count)) > u64::from(limit) {
+                    return Err(Broken::Permits);
+                }
+            }
+            Mode::Exclusive | Mode::Shared if self.semaphore_limit().is_some() => {
+                return Err(Broken::Modes);
+            }
+            Mode::Exclusive => {
+                // One hold per owner and mode: an owner has at most two holds of a lock.
+                if self.len() > self.holds.owned(owner).count() {
+                    return Err(Broken::Writers);
+                }
+            }
+            Mode::Shared => {
+                let other_writer = self
+                    .holds
+                    .live_exclusive(i64::MIN)
+                    .any(|slot| self.hold(slot).is_some_and(|h| *h.owner != *owner));
+                if other_writer {
+                    return Err(Broken::Writers);
+                }
+            }
+        }
+        Ok(current)
     }
 
     /// Whether a live hold carries `token`: the check before a fenced write.
@@ -1452,6 +1521,73 @@ mod tests {
         ] {
             let lock = Lock::from_holds(holds.clone());
             assert_eq!(lock.is_consistent(), consistent, "{holds:?}");
+        }
+    }
+
+    #[test]
+    fn check_apply_agrees_with_is_consistent() {
+        let modes = [
+            Mode::Exclusive,
+            Mode::Shared,
+            Mode::Semaphore { limit: 3 },
+            Mode::Semaphore { limit: 5 },
+        ];
+        let owners: Vec<Vec<u8>> = (0..14).map(|i| vec![b'a' + i]).collect();
+        let mut rng = Rng(0x5eed_1234_abcd_0001);
+        let mut outcomes = std::collections::HashMap::new();
+        let mut largest = 0;
+        for round in 0..400 {
+            let mut lock = Lock::new();
+            // Mostly one mode per round, so that locks grow past the scanned list.
+            let usual = rng.pick(&modes);
+            for step in 0..60 {
+                let token = step + 1;
+                let owner = owners.get(rng.below(owners.len() as u64) as usize).unwrap();
+                let state = HoldState {
+                    token,
+                    count: rng.below(4) as u32,
+                    lease_end: rng.below(50) as i64,
+                    mode: if rng.below(10) < 8 {
+                        usual
+                    } else {
+                        rng.pick(&modes)
+                    },
+                };
+                let mut applied = lock.clone();
+                applied.apply(owner, state);
+                let checked = lock.check_apply(owner, state);
+                assert_eq!(
+                    checked.is_ok(),
+                    applied.is_consistent(),
+                    "round {round} step {step}: {state:?} by {owner:?} on {:?}",
+                    lock.holds()
+                );
+                *outcomes
+                    .entry(format!("{checked:?}").chars().take(9).collect::<String>())
+                    .or_insert(0) += 1;
+                if let Ok(current) = checked {
+                    let replaced = lock
+                        .holds()
+                        .iter()
+                        .find(|h| *h.owner == **owner && h.mode().same_class(state.mode));
+                    assert_eq!(current, replaced.map(Hold::state));
+                    lock = applied;
+                }
+                largest = largest.max(lock.len());
+            }
+        }
+        assert!(largest > 10, "{largest}");
+        for outcome in [
+            "Ok(None)",
+            "Ok(Some(H",
+            "Err(Write",
+            "Err(Modes",
+            "Err(Permi",
+        ] {
+            assert!(
+                outcomes.get(outcome).is_some_and(|&n| n > 20),
+                "{outcome}: {outcomes:?}"
+            );
         }
     }
 

@@ -1,10 +1,11 @@
 //! The effect of a lock command, as replicas and the AOF receive it: `DLOCK.APPLY key owner
 //! token count lease_end_ms [SHARED | SEMAPHORE limit]` (no mode word: exclusive).
 //!
-//! Masters replicate every change to a hold as this command, and rewritten AOFs recreate holds
-//! with it, so replicas and AOF replay set exactly the owner, mode, token, count and absolute
-//! lease end the master decided: nothing is decided again from the replica's clock or
-//! randomness. `count == 0` removes the hold.
+//! Masters replicate every change to a hold as this command, so replicas and AOF replay set
+//! exactly the owner, mode, token, count and absolute lease end the master decided: nothing is
+//! decided again from the replica's clock or randomness. `count == 0` removes the hold.
+//! Rewritten AOFs recreate whole keys with the multi-hold form, `DLOCK.APPLY key HOLDS n
+//! owner token count lease_end_ms mode_code ...` (`datatype::aof_rewrite`).
 
 use std::ffi::CStr;
 use std::os::raw::c_char;
@@ -15,16 +16,14 @@ use crate::arg::Arg;
 use crate::lock::{HoldState, Mode};
 
 pub const COMMAND: &CStr = c"DLOCK.APPLY";
-/// key (RedisModuleString), owner (buffer and length), token, count, lease end (long longs),
-/// then for shared and semaphore holds the mode word and the limit (a long long): one format
-/// per mode, and every call passes the mode arguments (unread where the format ends first).
-pub fn format(mode: Mode) -> &'static CStr {
-    match mode {
-        Mode::Exclusive => c"sblll",
-        Mode::Shared => c"sblllc",
-        Mode::Semaphore { .. } => c"sblllcl",
-    }
-}
+
+/// The keyword of the multi-hold form.
+pub const HOLDS_WORD: &[u8] = b"HOLDS";
+
+/// Holds per multi-hold command in a rewritten AOF: as many items as Redis puts in one
+/// command when it rewrites a list or a set (`AOF_REWRITE_ITEMS_PER_CMD`), so that no command
+/// of a huge key needs a huge argument vector to write or to replay.
+pub const HOLDS_PER_COMMAND: usize = 64;
 
 /// The mode word after the numbers, if any.
 pub fn mode_word(mode: Mode) -> &'static CStr {

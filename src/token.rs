@@ -120,7 +120,6 @@ impl TokenClock {
     /// the configured lead ahead of `wall_ms`. A token far beyond that (a forged AOF line, a
     /// RESTORE payload) would drag `last` with it and could exhaust the token space for good,
     /// so loaders ask before they `observe`. Tokens below the wall term always pass.
-    #[allow(dead_code, reason = "until the loaders call it")]
     pub fn plausible(&self, token: i64, wall_ms: i64) -> bool {
         let lead = self.max_lead_ms.load(Ordering::Relaxed);
         if lead <= 0 {
@@ -133,7 +132,6 @@ impl TokenClock {
 }
 
 /// The last tick of a millisecond, counted from its first.
-#[allow(dead_code, reason = "until the loaders call plausible")]
 const LAST_TICK_OF_MS: i64 = TICKS_PER_MS - 1;
 
 /// The smallest token above `last`, at or above the wall term, whose low bits are `node`.
