@@ -197,7 +197,8 @@ impl Chaos {
     }
 
     fn paused(&self) -> bool {
-        self.paused_until.is_some_and(|until| Instant::now() < until)
+        self.paused_until
+            .is_some_and(|until| Instant::now() < until)
     }
 
     fn acquire(&mut self) {
@@ -253,7 +254,9 @@ impl Chaos {
     }
 
     fn ttl(&mut self) -> i64 {
-        *self.rng.pick(&[1, 30, 100, 300, 1_000, 5_000, 60_000, MAX_MS])
+        *self
+            .rng
+            .pick(&[1, 30, 100, 300, 1_000, 5_000, 60_000, MAX_MS])
     }
 
     fn wait(&mut self) {
@@ -445,7 +448,11 @@ impl Chaos {
             .arg(used.saturating_sub(2_000).max(1))
             .query(&mut c);
         let _ = cmd("SET").arg("{c}filler").arg("x").query::<Value>(&mut c);
-        let _: RedisResult<()> = cmd("CONFIG").arg("SET").arg("maxmemory").arg(0).query(&mut c);
+        let _: RedisResult<()> = cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory")
+            .arg(0)
+            .query(&mut c);
     }
 
     fn failover(&mut self) {
@@ -508,7 +515,10 @@ impl Chaos {
         self.reconnect();
         // The old master's grants in the split are gone; fresh tokens from here on must be
         // above everything the surviving master has seen.
-        let last: String = cmd("INFO").arg("dlock").query(&mut self.clients[0]).unwrap();
+        let last: String = cmd("INFO")
+            .arg("dlock")
+            .query(&mut self.clients[0])
+            .unwrap();
         self.highest = last
             .lines()
             .find_map(|l| l.strip_prefix("dlock_last_token:"))
@@ -578,7 +588,10 @@ impl Chaos {
             if field("mode") == "semaphore" {
                 let permits: i64 = all.iter().map(|h| h.holds).sum();
                 let limit: i64 = field("limit").parse().unwrap();
-                assert!(permits <= limit, "{key}: {permits} permits of {limit}: {all:?}");
+                assert!(
+                    permits <= limit,
+                    "{key}: {permits} permits of {limit}: {all:?}"
+                );
             }
         }
     }
@@ -672,8 +685,12 @@ fn dataset(c: &mut Connection) -> String {
     let mut out = format!("{}\n", keyspace.trim());
     for db in 0..3 {
         let _: () = cmd("SELECT").arg(db).query(c).unwrap();
-        let (_, mut keys): (i64, Vec<String>) =
-            cmd("SCAN").arg(0).arg("COUNT").arg(10_000).query(c).unwrap();
+        let (_, mut keys): (i64, Vec<String>) = cmd("SCAN")
+            .arg(0)
+            .arg("COUNT")
+            .arg(10_000)
+            .query(c)
+            .unwrap();
         keys.sort();
         let size: i64 = cmd("DBSIZE").query(c).unwrap();
         out += &format!(" db{db}: {size} keys\n");
