@@ -543,8 +543,13 @@ impl Chaos {
                     self.count("waiter not granted");
                     self.holds_nothing(&waiter);
                 }
-                Ok(Outcome::Refused(_)) => {
-                    self.count("waiter refused");
+                Ok(Outcome::Refused(why)) => {
+                    // A failover answers its waiters with Redis's own UNBLOCKED error.
+                    if why.contains("UNBLOCKED") {
+                        self.count("waiter unblocked by a failover");
+                    } else {
+                        self.count("waiter refused");
+                    }
                     self.holds_nothing(&waiter);
                 }
                 Ok(Outcome::Gone) => self.count("waiter gone"),
@@ -668,11 +673,11 @@ impl Chaos {
         }
         self.settle_waiters();
         self.check_locks();
-        if i % 20 == 0 {
+        if i.is_multiple_of(20) {
             self.alive();
             self.check_waiters_progress();
         }
-        if i % 200 == 0 {
+        if i.is_multiple_of(200) {
             self.check_replica();
         }
     }
