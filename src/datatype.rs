@@ -17,8 +17,8 @@ use crate::lock::{Hold, HoldState, Lock, Mode};
 use crate::metrics;
 use crate::replicate;
 use crate::server::now_ms;
-use crate::store;
 use crate::token::CLOCK;
+use crate::validate;
 
 /// Module type names are exactly nine characters; this one is what `TYPE key` shows.
 const TYPE_NAME: &CStr = c"dlocklock";
@@ -138,7 +138,7 @@ fn load_lock(
         if state.count == 0 {
             return Err(ERR_HOLD_INVALID);
         }
-        store::check_fields(owner.as_ref(), state, now)?;
+        validate::check_fields(owner.as_ref(), state, now)?;
         holds.push(Hold::new(Owner::from(owner.as_ref()), state));
         highest = highest.max(token);
     }
@@ -154,7 +154,7 @@ fn load_lock(
 fn broken_rule(holds: &[Hold], now: i64) -> &'static str {
     let mut lock = Lock::new();
     for hold in holds {
-        match store::check_hold(&lock, &hold.owner, hold.state(), now) {
+        match validate::check_hold(&lock, &hold.owner, hold.state(), now) {
             Ok(None) => lock.apply(&hold.owner, hold.state()),
             Ok(Some(_)) => return ERR_HOLD_DUPLICATE,
             Err(error) => return error,
@@ -372,7 +372,7 @@ unsafe extern "C" fn aux_save2(rdb: *mut raw::RedisModuleIO, _when: c_int) {
 }
 
 /// A clock too far ahead refuses the whole file: raising `last` to it could use up the token
-/// space for good (see `store::check_hold`).
+/// space for good (see `validate::check_hold`).
 unsafe extern "C" fn aux_load(rdb: *mut raw::RedisModuleIO, encver: c_int, _when: c_int) -> c_int {
     if !(1..=ENCODING_VERSION).contains(&encver) {
         let reason = version_refusal(encver);

@@ -15,7 +15,7 @@ use std::hash::{BuildHasher, RandomState};
 use std::ops::Deref;
 use std::slice;
 
-use crate::lock::{Hold, HoldState, Mode};
+use crate::hold::{Hold, HoldState, Mode};
 
 /// Owners up to this many bytes are stored inline (a UUID with dashes is 36).
 pub const INLINE_OWNER: usize = 38;
@@ -955,11 +955,11 @@ mod tests {
     use super::*;
 
     fn hold(owner: &[u8], token: i64) -> Hold {
-        let state = crate::lock::HoldState {
+        let state = crate::hold::HoldState {
             token,
             count: 1,
             lease_end: 100 + token,
-            mode: crate::lock::Mode::Shared,
+            mode: crate::hold::Mode::Shared,
         };
         Hold::new(owner.into(), state)
     }

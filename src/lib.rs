@@ -25,6 +25,7 @@ mod config;
 mod datatype;
 mod docs;
 mod errors;
+mod hold;
 mod holds;
 mod key;
 mod local;
@@ -37,6 +38,7 @@ mod session;
 mod store;
 mod timers;
 mod token;
+mod validate;
 
 use std::ffi::CStr;
 use std::os::raw::c_int;

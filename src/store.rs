@@ -17,17 +17,14 @@ use redis_module::{Context, RedisError};
 
 use crate::arg::Arg;
 use crate::config;
-use crate::errors::{
-    ERR_HOLD_INVALID, ERR_HOLD_LEASE_END, ERR_HOLD_MODES, ERR_HOLD_PERMITS, ERR_HOLD_TOKEN_LEAD,
-    ERR_HOLD_WRITERS,
-};
 use crate::key::LockKey;
-use crate::lock::{AcquireError, Acquired, Broken, Hold, HoldState, Lock, Mode};
+use crate::lock::{AcquireError, Acquired, Hold, HoldState, Lock, Mode};
 use crate::metrics::{self, events};
 use crate::replicate::{self, OwnerRef};
 use crate::session;
 use crate::timers;
 use crate::token::CLOCK;
+use crate::validate;
 
 /// A lock's key as a write sees it: the context, the key's name and its database.
 #[derive(Clone, Copy)]
@@ -275,46 +272,6 @@ pub fn serve(site: Site, now: i64, waiters: bool, budget: usize) -> Result<Serve
     })
 }
 
-/// Whether `owner`'s hold on `lock` may take `state`, as a master, the AOF, an RDB file or a
-/// `RESTORE` payload says: its fields, a token this server could have seen, and the lock's
-/// rules (`Lock::check_apply`, O(log n), so that replaying a key's holds stays linear). On
-/// success, the owner's hold that `state` replaces, if any.
-///
-/// The token check (`CLOCK.plausible`, `dlock.max-token-lead`) applies to every source, the
-/// replication stream included: one token near 2^63 − 1 would raise the clock to it and use up
-/// the token space for good, on a replica as much as on a master, and a replica is promoted
-/// with the clock it has. A master's tokens lead its own clock by less than a millisecond, so
-/// a replica refuses one only when its clock is behind its master's by more than the lead
-/// (default 1 hour): a broken clock, said in the log, and `dlock.max-token-lead 0` trusts all.
-pub fn check_hold(
-    lock: &Lock,
-    owner: &[u8],
-    state: HoldState,
-    now: i64,
-) -> Result<Option<HoldState>, &'static str> {
-    check_fields(owner, state, now)?;
-    lock.check_apply(owner, state)
-        .map_err(|broken| match broken {
-            Broken::Writers => ERR_HOLD_WRITERS,
-            Broken::Modes => ERR_HOLD_MODES,
-            Broken::Permits => ERR_HOLD_PERMITS,
-        })
-}
-
-/// The part of `check_hold` that looks at the hold alone.
-pub fn check_fields(owner: &[u8], state: HoldState, now: i64) -> Result<(), &'static str> {
-    if owner.is_empty() || state.token <= 0 {
-        return Err(ERR_HOLD_INVALID);
-    }
-    if state.lease_end < 0 {
-        return Err(ERR_HOLD_LEASE_END);
-    }
-    if !CLOCK.plausible(state.token, now) {
-        return Err(ERR_HOLD_TOKEN_LEAD);
-    }
-    Ok(())
-}
-
 /// `DLOCK.APPLY`: set holds to states decided by the master (or recorded in the AOF), in
 /// order and all or none: each is checked against the lock as the ones before it left it, and
 /// a refusal undoes those already set, so a refused command changes nothing — not even the
@@ -325,7 +282,7 @@ pub fn apply(site: Site, holds: &[(&[u8], HoldState)], now: i64) -> Result<(), R
     if removals && key.lock()?.is_none() {
         let absent = Lock::new();
         for &(owner, state) in holds {
-            check_hold(&absent, owner, state, now).map_err(RedisError::Str)?;
+            validate::check_hold(&absent, owner, state, now).map_err(RedisError::Str)?;
         }
         observe_highest(holds);
         return Ok(());
@@ -334,7 +291,7 @@ pub fn apply(site: Site, holds: &[(&[u8], HoldState)], now: i64) -> Result<(), R
     let mut undo = Vec::new();
     let mut refused = None;
     for &(owner, state) in holds {
-        match check_hold(lock, owner, state, now) {
+        match validate::check_hold(lock, owner, state, now) {
             Ok(previous) => {
                 if holds.len() > 1 {
                     undo.push((owner, previous.unwrap_or(HoldState { count: 0, ..state })));
