@@ -85,7 +85,7 @@ const RO_ACCESS: u32 = raw::REDISMODULE_CMD_KEY_RO | raw::REDISMODULE_CMD_KEY_AC
 
 pub const ACQUIRE: Doc = Doc {
     summary: c"Takes a lock (exclusive or shared) or semaphore permits for an owner with a lease, returning a fencing token; optionally waits in line.",
-    complexity: c"O(1)",
+    complexity: c"O(log N) where N is the number of holders of the key, plus O(log N) for each hold whose lease ended that it removes.",
     arity: -4,
     key_specs: &first_key(RW_UPDATE),
     args: &[
@@ -132,7 +132,7 @@ pub const ACQUIRE: Doc = Doc {
 
 pub const RELEASE: Doc = Doc {
     summary: c"Gives back one hold of a lock; at zero holds the lock is freed or handed to the first waiter.",
-    complexity: c"O(1)",
+    complexity: c"O(log N) where N is the number of holders of the key; each waiter it lets in is then granted in O(log N).",
     arity: 3,
     key_specs: &first_key(raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_DELETE),
     args: &[KEY, arg(c"owner", ArgKind::String, c"The owner that holds the lock.")],
@@ -140,7 +140,7 @@ pub const RELEASE: Doc = Doc {
 
 pub const EXTEND: Doc = Doc {
     summary: c"Sets the lease of a lock held by the owner to a new length from now.",
-    complexity: c"O(1)",
+    complexity: c"O(log N) where N is the number of holders of the key.",
     arity: 4,
     key_specs: &first_key(RW_UPDATE),
     args: &[
@@ -151,16 +151,32 @@ pub const EXTEND: Doc = Doc {
 };
 
 pub const INFO: Doc = Doc {
-    summary: c"Returns a lock's owner, fencing token, lease left, hold count, waiters, mode and every holder.",
-    complexity: c"O(1)",
-    arity: 2,
+    summary: c"Returns a lock's owner, fencing token, lease left, hold count, waiters, mode, its first holders by token (16 unless HOLDERS says otherwise) and how many holders it has.",
+    complexity: c"O(log N + K) where N is the number of holders of the key and K the number listed: 16 by default, N with HOLDERS 0.",
+    arity: -2,
     key_specs: &first_key(RO_ACCESS),
-    args: &[KEY],
+    args: &[
+        KEY,
+        Arg {
+            name: c"count",
+            kind: ArgKind::Integer,
+            token: Some(c"HOLDERS"),
+            summary: c"List at most this many holders (default 16); 0 lists them all.",
+            multiple: false,
+        },
+        Arg {
+            name: c"token",
+            kind: ArgKind::Integer,
+            token: Some(c"AFTER"),
+            summary: c"List only holders with a newer token than this one (the last one of the previous page).",
+            multiple: false,
+        },
+    ],
 };
 
 pub const GUARD: Doc = Doc {
     summary: c"Runs a command only while a lock is held with the given fencing token, atomically with the check.",
-    complexity: c"O(1) plus the complexity of the command.",
+    complexity: c"O(log N) where N is the number of holders of the lock, plus the complexity of the command.",
     arity: -4,
     key_specs: &[
         KeySpec {
@@ -200,7 +216,7 @@ pub const APPLY: Doc = Doc {
     summary: c"Internal: sets one hold of a lock as a master decided it, or with HOLDS n \
                (owner token holds lease_end_ms mode_code)... n holds at once (a rewritten AOF); \
                replication and AOF only.",
-    complexity: c"O(log N) per hold set, where N is the number of the lock's holders",
+    complexity: c"O(log N) per hold set, where N is the number of the lock's holders.",
     arity: -6,
     key_specs: &first_key(RW_UPDATE),
     args: &[

@@ -229,6 +229,26 @@ impl Holds {
         }
     }
 
+    /// Up to `limit` live holds with a token above `after`, by token: `DLOCK.INFO`'s listing
+    /// and its pages. Many holds are read from the token index, so the cost is that of the
+    /// holds returned, not of all of them (plus any ended holds the timer has not removed yet
+    /// among them, as none are kept past their lease end for long).
+    pub fn live_by_token(&self, after: i64, limit: usize, now: i64) -> Vec<&Hold> {
+        match self {
+            Holds::Many(index) => index.live_by_token(after, limit, now),
+            _ => {
+                let mut live: Vec<&Hold> = self
+                    .as_slice()
+                    .iter()
+                    .filter(|h| h.token > after && h.is_live(now))
+                    .collect();
+                live.sort_unstable_by_key(|h| h.token);
+                live.truncate(limit);
+                live
+            }
+        }
+    }
+
     /// The slots of the live exclusive holds.
     pub fn live_exclusive(&self, now: i64) -> impl Iterator<Item = usize> + '_ {
         let few = self.scanned().map(|holds| {
@@ -542,6 +562,21 @@ impl Indexed {
             .range((token, 0)..=(token, NIL))
             .filter_map(|&(_, id)| self.tree.slot(id))
             .find(|&slot| self.holds.get(slot).is_some_and(|h| h.is_live(now)))
+    }
+
+    fn live_by_token(&self, after: i64, limit: usize, now: i64) -> Vec<&Hold> {
+        // Start at the oldest live token (one walk down the tree): holds that ended before
+        // it are never visited.
+        let Some(oldest) = self.tree.live(now).oldest_token else {
+            return Vec::new();
+        };
+        let from = after.saturating_add(1).max(oldest);
+        self.tokens
+            .range((from, 0)..)
+            .filter_map(|&(_, id)| self.tree.slot(id).and_then(|slot| self.holds.get(slot)))
+            .filter(|h| h.is_live(now))
+            .take(limit)
+            .collect()
     }
 
     fn heap_size(&self) -> usize {
@@ -1028,6 +1063,42 @@ mod tests {
         assert_eq!(holds.len(), FEW / 2);
         let b = holds.as_slice().iter().position(|h| h.token == 100);
         assert_eq!(holds.owned(b"b").collect::<Vec<_>>(), Vec::from_iter(b));
+    }
+
+    #[test]
+    fn live_holds_are_listed_by_token_from_any_point() {
+        for count in [1, 3, FEW, FEW + 1, 1_000] {
+            let mut holds = Holds::default();
+            // Tokens out of lease order, so the token index and the lease tree disagree.
+            for i in 0..count as i64 {
+                let token = (i * 7919) % 10_007 + 1;
+                let mut h = hold(format!("o{i}").as_bytes(), token);
+                h.lease_end = 100 + (i * 31) % 50;
+                holds.push(h);
+            }
+            holds.check();
+            for now in [0, 110, 125, 200] {
+                let mut naive: Vec<&Hold> =
+                    holds.as_slice().iter().filter(|h| h.is_live(now)).collect();
+                naive.sort_by_key(|h| h.token);
+                for after in [0, 1, 5_000, 10_007] {
+                    for limit in [0, 1, 16, usize::MAX] {
+                        let want: Vec<i64> = naive
+                            .iter()
+                            .filter(|h| h.token > after)
+                            .take(limit)
+                            .map(|h| h.token)
+                            .collect();
+                        let got: Vec<i64> = holds
+                            .live_by_token(after, limit, now)
+                            .iter()
+                            .map(|h| h.token)
+                            .collect();
+                        assert_eq!(got, want, "{count} holds, now {now}, after {after}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -96,7 +96,9 @@ impl Lock {
         self.holds.as_slice()
     }
 
-    /// The live holds, in no particular order.
+    /// The live holds, in no particular order: every one, so only tests may walk them (a
+    /// command lists them with `live_by_token`, a bounded number at a time).
+    #[cfg(test)]
     pub fn live(&self, now: i64) -> impl Iterator<Item = &Hold> {
         self.holds().iter().filter(move |h| h.is_live(now))
     }
@@ -133,6 +135,12 @@ impl Lock {
             }
         };
         self.hold(slot)
+    }
+
+    /// Up to `limit` live holds with a token above `after`, by token, at the cost of the
+    /// holds returned plus O(log n).
+    pub fn live_by_token(&self, after: i64, limit: usize, now: i64) -> Vec<&Hold> {
+        self.holds.live_by_token(after, limit, now)
     }
 
     /// The semaphore's limit when this key is a semaphore.
@@ -1148,6 +1156,18 @@ mod tests {
         );
         assert_eq!(lock.len(), naive.holds.len());
         assert_eq!(lock.live_holds(now), naive.live(now).count());
+        let mut by_token: Vec<&Hold> = naive.live(now).collect();
+        by_token.sort_by_key(|h| h.token);
+        let after = by_token.get(by_token.len() / 3).map_or(0, |h| h.token);
+        for (after, limit) in [(0, usize::MAX), (0, 16), (after, 5)] {
+            let want: Vec<&Hold> = by_token
+                .iter()
+                .copied()
+                .filter(|h| h.token > after)
+                .take(limit)
+                .collect();
+            assert_eq!(lock.live_by_token(after, limit, now), want);
+        }
         assert_eq!(
             lock.permits_used(now),
             naive.live(now).map(|h| u64::from(h.count)).sum::<u64>()

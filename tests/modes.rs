@@ -564,3 +564,137 @@ fn a_downgrading_session_holder_loses_both_holds_when_it_disconnects() {
     drop(holder);
     wait_until("both holds to go", || info(&mut c, "k").is_none());
 }
+
+#[test]
+fn info_lists_the_first_holders_by_token_and_pages_through_the_rest() {
+    let server = Server::start();
+    let mut c = server.client();
+    let mut pipe = redis::pipe();
+    for i in 0..100 {
+        pipe.cmd("DLOCK.ACQUIRE")
+            .arg("big")
+            .arg(format!("r{i}"))
+            .arg(600_000)
+            .arg("SHARED");
+    }
+    let tokens: Vec<i64> = pipe.query(&mut c).unwrap();
+    let owners =
+        |page: &[Holder]| -> Vec<String> { page.iter().map(|h| h.owner.clone()).collect() };
+    let expected =
+        |from: usize, to: usize| -> Vec<String> { (from..to).map(|i| format!("r{i}")).collect() };
+    // By default: the first 16 by token, and how many there are in all.
+    let first = holders_page(&mut c, "big", &[]);
+    assert_eq!(owners(&first), expected(0, 16));
+    assert_eq!(first[0].token, tokens[0]);
+    assert_eq!(field(&mut c, "big", "holders_count"), "100");
+    let reply: Vec<Value> = cmd("DLOCK.INFO").arg("big").query(&mut c).unwrap();
+    assert_eq!(reply.len(), 20);
+    assert_eq!(reply[19], Value::Int(100));
+    assert_eq!(
+        owners(&holders_page(&mut c, "big", &["HOLDERS", "3"])),
+        expected(0, 3)
+    );
+    assert_eq!(owners(&holders(&mut c, "big")), expected(0, 100));
+    // Pages of 30 after the last token seen put the whole list back together.
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let mut options = vec!["holders".to_string(), "30".to_string()];
+        if let Some(token) = after {
+            options.extend(["after".to_string(), format!("{token}")]);
+        }
+        let options: Vec<&str> = options.iter().map(String::as_str).collect();
+        let page = holders_page(&mut c, "big", &options);
+        seen.extend(owners(&page));
+        match page.last() {
+            Some(last) if page.len() == 30 => after = Some(last.token),
+            _ => break,
+        }
+    }
+    assert_eq!(seen, expected(0, 100));
+    // A holder that left is not listed, and the page goes on past its token.
+    assert_eq!(release(&mut c, "big", "r1"), 1);
+    let page = holders_page(
+        &mut c,
+        "big",
+        &["AFTER", &tokens[0].to_string(), "HOLDERS", "2"],
+    );
+    assert_eq!(owners(&page), ["r2", "r3"]);
+    assert_eq!(field(&mut c, "big", "holders_count"), "99");
+    let last = tokens[99].to_string();
+    assert!(holders_page(&mut c, "big", &["AFTER", &last]).is_empty());
+}
+
+#[test]
+fn info_lists_a_semaphore_by_token_and_leaves_out_ended_holders() {
+    let server = Server::start();
+    let mut c = server.client();
+    for i in 0..20 {
+        let ttl = if i % 2 == 0 { 150 } else { 600_000 };
+        let _: i64 = cmd("DLOCK.ACQUIRE")
+            .arg("sem")
+            .arg(format!("p{i}"))
+            .arg(ttl)
+            .arg("SEMAPHORE")
+            .arg(1_000)
+            .query(&mut c)
+            .unwrap();
+    }
+    assert_eq!(field(&mut c, "sem", "holders_count"), "20");
+    assert_eq!(holders_page(&mut c, "sem", &[]).len(), 16);
+    wait_until("the short leases to end", || {
+        field(&mut c, "sem", "holders_count") == "10"
+    });
+    let page = holders_page(&mut c, "sem", &[]);
+    let owners: Vec<&str> = page.iter().map(|h| h.owner.as_str()).collect();
+    assert_eq!(
+        owners,
+        [
+            "p1", "p3", "p5", "p7", "p9", "p11", "p13", "p15", "p17", "p19"
+        ]
+    );
+    assert!(
+        page.iter()
+            .all(|h| h.mode == "semaphore" && h.ttl > 500_000)
+    );
+    assert_eq!(field(&mut c, "sem", "limit"), "1000");
+}
+
+#[test]
+fn info_options_are_checked() {
+    let server = Server::start();
+    let mut c = server.client();
+    let token = grant(&mut c, "k", "w", 60_000);
+    let run = |c: &mut Connection, args: &[&str]| -> String {
+        error_of(cmd("DLOCK.INFO").arg("k").arg(args).query::<Value>(c))
+    };
+    let count = "ERR count must be a non-negative integer";
+    for bad in ["-1", "x", "1.5", ""] {
+        assert_eq!(run(&mut c, &["HOLDERS", bad]), count, "{bad:?}");
+    }
+    for bad in ["0", "-3", "y"] {
+        assert_eq!(
+            run(&mut c, &["AFTER", bad]),
+            "ERR token must be a positive integer"
+        );
+    }
+    for bad in [
+        &["HOLDERS"][..],
+        &["HOLDERS", "1", "HOLDERS", "2"],
+        &["AFTER", "1", "AFTER", "2"],
+        &["FULL"],
+        &["HOLDERS", "1", "x"],
+    ] {
+        assert_eq!(run(&mut c, bad), "ERR syntax error", "{bad:?}");
+    }
+    // Options are case-insensitive, and a free key is nil whatever they say.
+    let page = holders_page(&mut c, "k", &["holders", "1", "after", "1"]);
+    assert_eq!((page.len(), page[0].token), (1, token));
+    let free: Value = cmd("DLOCK.INFO")
+        .arg("nope")
+        .arg("HOLDERS")
+        .arg(0)
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(free, Value::Nil);
+}

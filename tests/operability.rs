@@ -325,7 +325,7 @@ fn command_docs_and_key_specs_describe_every_command() {
         ),
         ("dlock.release", 3, "RW delete", &["key", "owner"]),
         ("dlock.extend", 4, "RW update", &["key", "owner", "ttl_ms"]),
-        ("dlock.info", 2, "RO access", &["key"]),
+        ("dlock.info", -2, "RO access", &["key", "count", "token"]),
         (
             "dlock.guard",
             -4,
@@ -343,7 +343,7 @@ fn command_docs_and_key_specs_describe_every_command() {
         let docs: Value = cmd("COMMAND").arg("DOCS").arg(name).query(&mut c).unwrap();
         let text = format!("{docs:?}");
         assert!(
-            text.contains("summary") && text.contains("0.1.0") && text.contains("O(1)"),
+            text.contains("summary") && text.contains("0.1.0") && text.contains("O(log N"),
             "{name}: {text}"
         );
         for arg in args {

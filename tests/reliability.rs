@@ -593,7 +593,7 @@ fn replica_promotions_after_missed_writes_never_reissue_tokens() {
 
 /// Every reply a DLOCK command may give to any input: a result or a documented error.
 fn acceptable(reply: &RedisResult<Value>) -> bool {
-    const ERRORS: [&str; 24] = [
+    const ERRORS: [&str; 25] = [
         "ERR wrong number of arguments for",
         "ERR ttl must be a positive integer in milliseconds",
         "ERR ttl is above the maximum of 1099511627776 ms (2^40)",
@@ -607,6 +607,7 @@ fn acceptable(reply: &RedisResult<Value>) -> bool {
         "ERR DLOCK.APPLY is internal",
         "ERR DLOCK.APPLY arguments are out of range",
         "ERR token must be a positive integer",
+        "ERR count must be a non-negative integer",
         "ERR limit must be an integer from 1 to 4294967294",
         "ERR permits must be a positive integer",
         "ERR permits exceed the semaphore's limit",
@@ -632,7 +633,7 @@ fn acceptable(reply: &RedisResult<Value>) -> bool {
 }
 
 fn fuzz_arg(rng: &mut Rng) -> Vec<u8> {
-    const WORDS: [&str; 28] = [
+    const WORDS: [&str; 30] = [
         "0",
         "-0",
         "+1",
@@ -661,6 +662,8 @@ fn fuzz_arg(rng: &mut Rng) -> Vec<u8> {
         "semaphore",
         "PERMITS",
         "3",
+        "HOLDERS",
+        "AFTER",
     ];
     match rng.below(6) {
         0 => {

@@ -14,7 +14,10 @@
 //! - expiry hand-over: how long after a lease ends its waiter gets the lock, with and
 //!   without a million unrelated keys carrying TTLs, against a 50 ms poller;
 //! - scaling: acquire/release throughput with 1k, 100k and 1M locks held, and hand-over
-//!   cost with 1, 100 and 10k waiters queued.
+//!   cost with 1, 100 and 10k waiters queued;
+//! - holders: the server's time per command with 1k, 10k and 100k holders of one key, a
+//!   RELEASE handing over to 1k and 10k queued readers, and the worst PING while 10k and 50k
+//!   SESSION holds of a closed connection end and while 100k keys' leases end together.
 //!
 //! It prints a table and writes the same figures to `target/bench/latest.json`.
 //! `-- --smoke` runs everything on tiny sizes in seconds (CI uses it to keep this working);
@@ -25,6 +28,7 @@ mod cluster;
 mod common;
 mod contention;
 mod expiry;
+mod holders;
 mod memory;
 mod modes;
 mod report;
@@ -54,6 +58,13 @@ pub struct Sizes {
     pub held: &'static [u64],
     pub queued: &'static [usize],
     pub handovers: usize,
+    /// Holders of one key, calls of each command measured at each size, readers queued
+    /// behind one writer, SESSION holds of one connection, keys whose leases end together.
+    pub holders: &'static [usize],
+    pub holder_ops: usize,
+    pub readers: &'static [usize],
+    pub session_holds: &'static [usize],
+    pub due_keys: usize,
 }
 
 const FULL: Sizes = Sizes {
@@ -69,6 +80,11 @@ const FULL: Sizes = Sizes {
     held: &[1_000, 100_000, 1_000_000],
     queued: &[1, 100, 10_000],
     handovers: 2_000,
+    holders: &[1_000, 10_000, 100_000],
+    holder_ops: 20_000,
+    readers: &[1_000, 10_000],
+    session_holds: &[10_000, 50_000],
+    due_keys: 100_000,
 };
 
 const SMOKE: Sizes = Sizes {
@@ -84,6 +100,11 @@ const SMOKE: Sizes = Sizes {
     held: &[100, 1_000],
     queued: &[1, 10],
     handovers: 50,
+    holders: &[100, 1_000],
+    holder_ops: 300,
+    readers: &[10, 100],
+    session_holds: &[200, 1_000],
+    due_keys: 1_000,
 };
 
 /// Hold `count` locks `{prefix}{i:0width}` the way each side takes them.
@@ -129,8 +150,8 @@ pub fn flushall(c: &mut Connection) {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let smoke = args.iter().any(|a| a == "--smoke");
-    // `--only NAME` runs one section: throughput, memory, contention, expiry, scaling, modes
-    // or cluster.
+    // `--only NAME` runs one section: throughput, memory, contention, expiry, scaling, modes,
+    // holders or cluster.
     let only = args
         .iter()
         .position(|a| a == "--only")
@@ -170,6 +191,9 @@ fn main() {
     }
     if run("modes") {
         modes::modes(&server, &mut c, sizes, &mut figures);
+    }
+    if run("holders") {
+        holders::holders(&server, &mut c, sizes, &mut figures);
     }
     if run("cluster") {
         cluster::cluster(&server, &mut c, sizes, &mut figures);

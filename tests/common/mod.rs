@@ -481,15 +481,30 @@ pub fn waiters(c: &mut Connection, key: &str) -> i64 {
         .unwrap_or(0)
 }
 
-/// `DLOCK.INFO` as (field, value) pairs in reply order, or None for a free lock. The value of
-/// `holders` is given as the number of holders (see `holders`).
+/// `DLOCK.INFO key HOLDERS 0` (every holder listed) as (field, value) pairs in reply order,
+/// or None for a free lock. The value of `holders` is given as the number of holders listed
+/// (see `holders`).
 pub fn info_fields(c: &mut Connection, key: &str) -> Option<Vec<(String, String)>> {
-    let reply: Value = cmd("DLOCK.INFO").arg(key).query(c).expect("DLOCK.INFO");
+    let reply: Value = cmd("DLOCK.INFO")
+        .arg(key)
+        .arg("HOLDERS")
+        .arg(0)
+        .query(c)
+        .expect("DLOCK.INFO");
     match reply {
         Value::Nil => None,
         Value::Array(fields) => {
             let names = [
-                "owner", "token", "ttl", "holds", "waiters", "session", "mode", "limit", "holders",
+                "owner",
+                "token",
+                "ttl",
+                "holds",
+                "waiters",
+                "session",
+                "mode",
+                "limit",
+                "holders",
+                "holders_count",
             ];
             let pairs: Vec<(String, String)> = fields
                 .chunks(2)
@@ -522,15 +537,28 @@ pub struct Holder {
     pub mode: String,
 }
 
-/// Every live holder of `key` from `DLOCK.INFO`, by token; empty for a free lock.
+/// Every live holder of `key` from `DLOCK.INFO key HOLDERS 0`, by token; empty for a free
+/// lock.
 pub fn holders(c: &mut Connection, key: &str) -> Vec<Holder> {
-    let reply: Value = cmd("DLOCK.INFO").arg(key).query(c).expect("DLOCK.INFO");
+    holders_page(c, key, &["HOLDERS", "0"])
+}
+
+/// The holders `DLOCK.INFO key options...` lists, checking that `holders_count` follows them.
+pub fn holders_page(c: &mut Connection, key: &str, options: &[&str]) -> Vec<Holder> {
+    let reply: Value = cmd("DLOCK.INFO")
+        .arg(key)
+        .arg(options)
+        .query(c)
+        .expect("DLOCK.INFO");
     let Value::Array(fields) = reply else {
         return Vec::new();
     };
-    let Some(Value::Array(entries)) = fields.last() else {
-        panic!("DLOCK.INFO ends with holders: {fields:?}");
+    let (Some(Value::Array(entries)), Some(Value::BulkString(count))) =
+        (fields.get(17), fields.get(18))
+    else {
+        panic!("DLOCK.INFO has holders, then holders_count: {fields:?}");
     };
+    assert_eq!(count, b"holders_count");
     entries
         .iter()
         .map(|entry| {
