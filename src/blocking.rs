@@ -332,6 +332,42 @@ fn answer(ctx: *mut raw::RedisModuleCtx, waiter: &Waiter, state: State) -> c_int
 
 const NOT_YET: c_int = raw::REDISMODULE_ERR as c_int;
 
+/// Grants made in one event-loop turn before the rest wait for the next: Redis serves all
+/// the readers at the head of a queue in one pass, and 10,000 of them at once would stall
+/// every other client for a quarter of a second.
+const GRANTS_PER_TURN: u32 = 500;
+
+thread_local! {
+    /// Grants made in this event-loop turn (reset when the server wakes up).
+    static GRANTS_THIS_TURN: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Count one more grant in this turn; false when the turn has made enough.
+fn turn_allows_grant() -> bool {
+    GRANTS_THIS_TURN
+        .try_with(|count| {
+            let made = count.get();
+            let allowed = made < GRANTS_PER_TURN;
+            if allowed {
+                count.set(made.saturating_add(1));
+            }
+            allowed
+        })
+        .unwrap_or(true)
+}
+
+/// A new event-loop turn begins (the server woke up).
+unsafe extern "C" fn on_event_loop(
+    _ctx: *mut raw::RedisModuleCtx,
+    _event: raw::RedisModuleEvent,
+    subevent: u64,
+    _data: *mut c_void,
+) {
+    if subevent == raw::REDISMODULE_SUBEVENT_EVENTLOOP_AFTER_SLEEP {
+        let _ = GRANTS_THIS_TURN.try_with(|count| count.set(0));
+    }
+}
+
 /// Redis offers the key to a waiter (it was signalled): the one place a waiter is answered.
 /// Returning `NOT_YET` keeps it blocked.
 unsafe extern "C" fn on_key_ready(
@@ -355,6 +391,12 @@ unsafe extern "C" fn on_key_ready(
     if !server::may_write(ctx) {
         let retry = now.saturating_add(timers::DEFER_MS);
         timers::serve_at(ctx, waiter.db, &waiter.key, retry);
+        return NOT_YET;
+    }
+    if !turn_allows_grant() {
+        // The rest of a mass hand-over continues in the next event-loop turn; the queue keeps
+        // its order and nobody passes it meanwhile.
+        timers::serve_soon(ctx, waiter.db, &waiter.key);
         return NOT_YET;
     }
     let Some(ready_key) = (unsafe { raw::RedisModule_GetBlockedClientReadyKey })
@@ -578,5 +620,11 @@ pub fn subscribe(ctx: *mut raw::RedisModuleCtx) -> Result<(), &'static str> {
         let error = "cannot subscribe to server events";
         server::subscribe_event(ctx, id, Some(on_server_event), error)?;
     }
+    server::subscribe_event(
+        ctx,
+        raw::REDISMODULE_EVENT_EVENTLOOP,
+        Some(on_event_loop),
+        "cannot subscribe to event-loop events",
+    )?;
     Ok(())
 }

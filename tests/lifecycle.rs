@@ -592,3 +592,57 @@ fn evicted_locks_are_counted_and_announced() {
     let _: () = cmd("SET").arg("x").arg("y").query(&mut c).unwrap();
     assert_eq!(stat(&mut c, "dlock_evicted"), evicted);
 }
+
+/// A hand-over to more queued readers than one event-loop turn grants continues over the
+/// next turns until every one of them holds the lock, in order, with nobody passing the queue.
+#[test]
+fn a_mass_hand_over_spreads_over_turns_and_serves_everyone() {
+    let server = Server::start();
+    let mut c = server.client();
+    grant(&mut c, "k", "writer", 60_000);
+    let readers: Vec<Connection> = (0..1_200)
+        .map(|i| {
+            let mut r = server.client();
+            let request = cmd("DLOCK.ACQUIRE")
+                .arg("k")
+                .arg(format!("r{i}"))
+                .arg(60_000)
+                .arg("SHARED")
+                .arg("WAIT")
+                .arg(0)
+                .get_packed_command();
+            r.send_packed_command(&request).unwrap();
+            r
+        })
+        .collect();
+    wait_until("the readers to queue", || {
+        stat(&mut c, "dlock_waiters") == 1_200
+    });
+    let (released, late): (i64, Value) = redis::pipe()
+        .cmd("DLOCK.RELEASE")
+        .arg("k")
+        .arg("writer")
+        .cmd("DLOCK.ACQUIRE")
+        .arg("k")
+        .arg("late")
+        .arg(60_000)
+        .arg("SHARED")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(released, 1);
+    // Readers still queued go first: a new reader does not pass them.
+    assert_eq!(late, Value::Nil);
+    let mut tokens = Vec::new();
+    for mut r in readers {
+        let Value::Int(token) = reply_within(&mut r, Duration::from_secs(10)).unwrap() else {
+            panic!("a reader was not granted");
+        };
+        tokens.push(token);
+    }
+    assert!(
+        tokens.windows(2).all(|w| w[0] < w[1]),
+        "granted out of order"
+    );
+    assert_eq!(stat(&mut c, "dlock_waiters"), 0);
+    assert_eq!(holders(&mut c, "k").len(), 1_200);
+}
