@@ -334,20 +334,27 @@ const NOT_YET: c_int = raw::REDISMODULE_ERR as c_int;
 
 /// Grants made in one event-loop turn before the rest wait for the next: Redis serves all
 /// the readers at the head of a queue in one pass, and 10,000 of them at once would stall
-/// every other client for a quarter of a second.
+/// every other client for a quarter of a second. But each pass also calls every client still
+/// blocked on the key, so with a fixed budget a long queue would cost O(n²) in passes: the
+/// budget grows with the queue (a tenth of it), which keeps a hand-over linear, in about ten
+/// turns.
 const GRANTS_PER_TURN: u32 = 500;
+const QUEUE_SHARE_PER_TURN: usize = 10;
 
 thread_local! {
     /// Grants made in this event-loop turn (reset when the server wakes up).
     static GRANTS_THIS_TURN: Cell<u32> = const { Cell::new(0) };
 }
 
-/// Count one more grant in this turn; false when the turn has made enough.
-fn turn_allows_grant() -> bool {
+/// Count one more grant in this turn for a queue of `queued` waiters; false when the turn has
+/// made enough.
+fn turn_allows_grant(queued: usize) -> bool {
+    let share = u32::try_from(queued / QUEUE_SHARE_PER_TURN).unwrap_or(u32::MAX);
+    let budget = GRANTS_PER_TURN.max(share);
     GRANTS_THIS_TURN
         .try_with(|count| {
             let made = count.get();
-            let allowed = made < GRANTS_PER_TURN;
+            let allowed = made < budget;
             if allowed {
                 count.set(made.saturating_add(1));
             }
@@ -393,7 +400,7 @@ unsafe extern "C" fn on_key_ready(
         timers::serve_at(ctx, waiter.db, &waiter.key, retry);
         return NOT_YET;
     }
-    if !turn_allows_grant() {
+    if !turn_allows_grant(waiting(waiter.db, &waiter.key)) {
         // The rest of a mass hand-over continues in the next event-loop turn; the queue keeps
         // its order and nobody passes it meanwhile.
         timers::serve_soon(ctx, waiter.db, &waiter.key);
