@@ -30,30 +30,6 @@ const OWNERS: [&str; 4] = ["o0", "o1", "o2", "o3"];
 const LIMIT: i64 = 3;
 const MAX_MS: i64 = 1 << 40;
 
-/// xorshift64*: a small deterministic generator, so a failing run can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len() as u64) as usize]
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
-
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Mode {
     Exclusive,
@@ -138,7 +114,7 @@ impl Chaos {
         ];
         replicate_from(&servers[1], &servers[0]);
         let mut chaos = Chaos {
-            rng: Rng(seed | 1),
+            rng: Rng::new(seed),
             servers,
             master: 0,
             clients: Vec::new(),

@@ -20,14 +20,6 @@ fn get(c: &mut Connection, key: &str) -> Option<String> {
     cmd("GET").arg(key).query(c).expect("GET")
 }
 
-fn stat(c: &mut Connection, name: &str) -> i64 {
-    let info: String = cmd("INFO").arg("dlock").query(c).expect("INFO dlock");
-    info.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name}:")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in INFO dlock"))
-}
-
 #[test]
 fn the_current_token_runs_the_command_and_any_other_runs_nothing() {
     let server = Server::start();

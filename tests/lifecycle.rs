@@ -7,14 +7,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn stat(c: &mut Connection, name: &str) -> i64 {
-    let info: String = cmd("INFO").arg("dlock").query(c).unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name}:")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in INFO dlock"))
-}
-
 fn ping(c: &mut Connection) -> String {
     cmd("PING").query(c).unwrap()
 }

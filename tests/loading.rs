@@ -23,14 +23,6 @@ fn in_an_hour() -> i64 {
     now_ms() + 3_600_000
 }
 
-fn stat(c: &mut Connection, name: &str) -> i64 {
-    let info: String = cmd("INFO").arg("dlock").query(c).unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name}:")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in {info}"))
-}
-
 // ---- DUMP payloads, built by hand -------------------------------------------------------
 
 /// Redis's CRC-64 (Jones polynomial, reflected), which ends DUMP payloads and RDB files.

@@ -25,14 +25,6 @@ fn info_dlock(c: &mut Connection) -> Vec<(String, i64)> {
         .collect()
 }
 
-fn stat(c: &mut Connection, name: &str) -> i64 {
-    info_dlock(c)
-        .into_iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v)
-        .unwrap_or_else(|| panic!("INFO dlock has no {name}"))
-}
-
 #[test]
 fn configs_have_defaults_and_reject_bad_values() {
     let server = Server::start();

@@ -19,30 +19,6 @@ fn torture() -> bool {
     std::env::var_os("DLOCK_TORTURE").is_some()
 }
 
-/// A tiny deterministic generator (xorshift), seeded per thread, so failures reproduce.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
-
 /// Where the safety checker's clients write with their tokens.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Fence {

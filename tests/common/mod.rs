@@ -296,6 +296,43 @@ fn free_cluster_port() -> u16 {
     }
 }
 
+/// A tiny deterministic generator (xorshift), so a failing run replays from its seed.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+
+    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len() as u64) as usize]
+    }
+}
+
+/// A field of `INFO dlock` (`dlock_locks`, ...) as a number.
+pub fn stat(c: &mut Connection, name: &str) -> i64 {
+    let info: String = cmd("INFO").arg("dlock").query(c).expect("INFO dlock");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}:")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in INFO dlock"))
+}
+
 /// Poll `condition` every few milliseconds until it holds, failing the test after 10 s.
 pub fn wait_until(what: &str, condition: impl FnMut() -> bool) {
     wait_until_within(what, Duration::from_secs(10), condition);
