@@ -73,6 +73,11 @@ pub fn err_guard_blocking(command: &str) -> String {
     format!("ERR DLOCK.GUARD cannot run '{command}': it may block")
 }
 
+/// The user may not run the command inside `DLOCK.GUARD` (Redis's own wording).
+pub fn err_guard_noperm(user: &str, command: &str) -> String {
+    format!("NOPERM User {user} has no permissions to run the '{command}' command")
+}
+
 /// The command inside `DLOCK.GUARD` cannot run inside another command (Redis's `noscript`).
 pub fn err_guard_noscript(command: &str) -> String {
     format!("ERR DLOCK.GUARD cannot run '{command}': it cannot run inside another command")

@@ -19,12 +19,12 @@ use std::os::raw::{c_char, c_int};
 use std::rc::Rc;
 use std::slice;
 
-use redis_module::{Context, RedisError, RedisResult, RedisValue, raw};
+use redis_module::{Context, RedisError, RedisResult, RedisString, RedisValue, raw};
 
 use super::Arg;
 use crate::errors::{
     ERR_FENCE_NOT_HELD, ERR_FENCE_STALE, ERR_FENCE_UNKNOWN, ERR_GUARD_CALL, ERR_GUARD_NESTED,
-    ERR_TOKEN, err_guard_blocking, err_guard_noscript,
+    ERR_TOKEN, err_guard_blocking, err_guard_noperm, err_guard_noscript,
 };
 use crate::key::LockKey;
 use crate::local;
@@ -116,7 +116,7 @@ fn call(ctx: *mut raw::RedisModuleCtx, name: &CStr, args: &[Arg]) -> RedisResult
     if reply.is_null() {
         return Err(RedisError::Str(ERR_GUARD_CALL));
     }
-    let error = error_text(reply);
+    let error = error_text(reply).map(|text| in_redis_words(ctx, name, text));
     if error.is_none() {
         unsafe { reply_with(ctx, reply) };
     }
@@ -125,6 +125,23 @@ fn call(ctx: *mut raw::RedisModuleCtx, name: &CStr, args: &[Arg]) -> RedisResult
         Some(text) => Err(RedisError::String(text)),
         None => Ok(RedisValue::NoReply),
     }
+}
+
+/// Redis 7.0's `RedisModule_Call` reports a command the user may not run with a text of its
+/// own; later servers say what Redis says to the client itself. Give every server's callers
+/// the later text, so ACL failures read (and match) the same everywhere.
+const ACL_FAILED_7_0: &str = "ERR acl verification failed, can't run this command or subcommand.";
+
+fn in_redis_words(ctx: *mut raw::RedisModuleCtx, name: &CStr, text: String) -> String {
+    if text != ACL_FAILED_7_0 {
+        return text;
+    }
+    let user = match unsafe { raw::RedisModule_GetCurrentUserName } {
+        Some(get) => RedisString::from_redis_module_string(ctx, unsafe { get(ctx) }),
+        None => return text,
+    };
+    let command = name.to_string_lossy().to_ascii_lowercase();
+    err_guard_noperm(&user.to_string_lossy(), &command)
 }
 
 /// The text of an error reply, made safe to send. Errors the server builds for a called
