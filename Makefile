@@ -36,9 +36,10 @@ bench: build
 	$(CARGO) bench --bench dlock -- $(ARGS)
 
 # The long reliability run (safety checker at 100k grants, 20 crashes, 1M fuzzed commands,
-# 10k waiters and 1M cycles of churn), printing its figures. About 10 minutes.
+# 10k waiters and 1M cycles of churn, 200k steps of the lifecycle chaos test), printing its
+# figures. About 25 minutes.
 torture: build
-	DLOCK_TORTURE=1 $(CARGO) test --release --test reliability -- --nocapture --test-threads=1
+	DLOCK_TORTURE=1 $(CARGO) test --release --test reliability --test chaos -- --nocapture --test-threads=1
 
 # The whole suite against each server in SERVERS (or under COMPAT_DIR), as a matrix.
 compat: build
