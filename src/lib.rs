@@ -226,6 +226,7 @@ fn init(ctx: &Context, args: &[RedisString]) -> Status {
         ctx.log_warning(&format!("dlock: cannot load: {reason}"));
         return Status::Err;
     }
+    server::note_role(ctx.get_raw());
     if let Err(reason) = recovery::subscribe(ctx.get_raw()) {
         ctx.log_warning(&format!("dlock: cannot load: {reason}"));
         return Status::Err;

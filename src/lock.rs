@@ -205,6 +205,10 @@ impl Lock {
         clock: &TokenClock,
     ) -> Result<Acquired, AcquireError> {
         self.admits(mode, amount)?;
+        // The common case, a free lock, needs none of the questions below.
+        if self.is_empty() {
+            return self.grant(owner, mode, amount, now, lease_end, clock);
+        }
         let own_hold = self.position(owner, mode, now);
         let busy = match mode {
             Mode::Semaphore { limit } => {
@@ -247,6 +251,19 @@ impl Lock {
         if busy {
             return Ok(Acquired::Busy);
         }
+        self.grant(owner, mode, amount, now, lease_end, clock)
+    }
+
+    /// A new hold for `owner`, with a new token.
+    fn grant(
+        &mut self,
+        owner: &[u8],
+        mode: Mode,
+        amount: u32,
+        now: i64,
+        lease_end: i64,
+        clock: &TokenClock,
+    ) -> Result<Acquired, AcquireError> {
         let token = clock.issue(now).ok_or(AcquireError::TokensExhausted)?;
         let state = HoldState {
             token,
@@ -292,9 +309,26 @@ impl Lock {
         mut changed: impl FnMut(HoldState),
     ) -> bool {
         // Collected before any change, which the lookup's borrow forbids; the slots stay
-        // valid, as a new lease end moves a hold within the indexes, never between slots.
-        let slots: Vec<usize> = self.live_owned(owner, now).collect();
-        for &slot in &slots {
+        // valid, as a new lease end moves a hold within the indexes, never between slots. An
+        // owner a command built has at most two holds on a key (exclusive and shared, during a
+        // downgrade): they fit on the stack, and EXTEND allocates nothing. Only a state some
+        // `apply` built could have more.
+        let mut few = [0usize; 2];
+        let mut found = 0usize;
+        let mut more = Vec::new();
+        for slot in self.live_owned(owner, now) {
+            match few.get_mut(found) {
+                Some(entry) => *entry = slot,
+                None => more.push(slot),
+            }
+            found = found.saturating_add(1);
+        }
+        let slots = few
+            .get(..found.min(2))
+            .unwrap_or_default()
+            .iter()
+            .chain(&more);
+        for &slot in slots {
             let Some(hold) = self.hold(slot) else {
                 continue;
             };
@@ -306,7 +340,7 @@ impl Lock {
                 changed(state);
             }
         }
-        !slots.is_empty()
+        found > 0
     }
 
     /// End the hold of `owner` that carries `token`, whatever its count; its final state.

@@ -4,7 +4,8 @@
 //! downgrade) or have ended already would stay stored until some command touched the key.
 //! So the keyspace is scanned once for locks, in steps from a timer (`STEPS` scan calls per
 //! event-loop turn, each about ten keys) so that a large dataset never stalls the server, and
-//! each lock that needs it gets its timer.
+//! each lock that needs it gets its timer. Role changes also refresh the role the commands
+//! check (`server::note_role`).
 
 use std::cell::RefCell;
 use std::os::raw::{c_int, c_void};
@@ -161,6 +162,9 @@ unsafe extern "C" fn on_event(
     subevent: u64,
     _data: *mut c_void,
 ) {
+    if event.id == raw::REDISMODULE_EVENT_REPLICATION_ROLE_CHANGED {
+        server::note_role(ctx);
+    }
     let loaded = event.id == raw::REDISMODULE_EVENT_LOADING
         && subevent == raw::REDISMODULE_SUBEVENT_LOADING_ENDED;
     let promoted = event.id == raw::REDISMODULE_EVENT_REPLICATION_ROLE_CHANGED

@@ -2,6 +2,7 @@
 //! calling client, and whether it may write now.
 
 use std::os::raw::c_int;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use redis_module::{RedisString, raw};
 
@@ -42,6 +43,20 @@ fn has_flag(ctx: *mut raw::RedisModuleCtx, flag: u32) -> bool {
 
 pub fn is_master(ctx: *mut raw::RedisModuleCtx) -> bool {
     has_flag(ctx, raw::REDISMODULE_CTX_FLAGS_MASTER)
+}
+
+/// The role as of the last role change, for the commands' hot path
+/// (`RedisModule_GetContextFlags` computes every flag, about a hundred instructions).
+static MASTER: AtomicBool = AtomicBool::new(true);
+
+/// Read the role again: at load and on every role change (`recovery.rs` hears of them).
+pub fn note_role(ctx: *mut raw::RedisModuleCtx) {
+    MASTER.store(is_master(ctx), Ordering::Relaxed);
+}
+
+/// Whether this server is a master, as of the last role change.
+pub fn is_master_now() -> bool {
+    MASTER.load(Ordering::Relaxed)
 }
 
 pub fn in_cluster(ctx: *mut raw::RedisModuleCtx) -> bool {

@@ -332,6 +332,11 @@ fn watch(site: Site, lock: &Lock, now: i64, waiters: bool) {
     if !config::expiry_timers() {
         return;
     }
+    // One hold: its lease is the key's, which Redis expires by itself.
+    if lock.len() < 2 && !waiters {
+        timers::forget(site.db, site.key.as_bytes());
+        return;
+    }
     let (Some(next), Some(last)) = (lock.next_lease_end(now), lock.expires_at()) else {
         if !waiters {
             timers::forget(site.db, site.key.as_bytes());

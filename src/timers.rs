@@ -22,6 +22,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::os::raw::{c_int, c_void};
 use std::ptr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use redis_module::{Context, raw};
 
@@ -80,14 +81,16 @@ impl Timers {
     fn set_slot(&mut self, (kind, (db, key), waiter): &Entry, slot: Option<Slot>) {
         match (kind, slot) {
             (Kind::Serve, Some(slot)) => {
-                self.serving
-                    .entry(*db)
-                    .or_default()
-                    .insert(key.clone(), slot);
+                let keys = self.serving.entry(*db).or_default();
+                if keys.insert(key.clone(), slot).is_none() {
+                    SERVING.fetch_add(1, Ordering::Relaxed);
+                }
             }
             (Kind::Serve, None) => {
                 if let Some(keys) = self.serving.get_mut(db) {
-                    keys.remove(key);
+                    if keys.remove(key).is_some() {
+                        SERVING.fetch_sub(1, Ordering::Relaxed);
+                    }
                     if keys.is_empty() {
                         self.serving.remove(db);
                     }
@@ -181,8 +184,15 @@ pub fn forget_deadline(waiter: u64) {
     });
 }
 
+/// How many serve entries there are, readable without touching the index: most commands
+/// ask `forget` about a key that has none.
+static SERVING: AtomicUsize = AtomicUsize::new(0);
+
 /// The lock at `key` is gone, or needs no timer: drop its serve entry.
 pub fn forget(db: c_int, key: &[u8]) {
+    if SERVING.load(Ordering::Relaxed) == 0 {
+        return;
+    }
     with_timers(|t| {
         if let Some(slot) = t.serving.get(&db).and_then(|keys| keys.get(key)).copied() {
             t.remove(slot);
@@ -242,6 +252,7 @@ unsafe extern "C" fn on_timer(ctx: *mut raw::RedisModuleCtx, _data: *mut c_void)
         t.armed = None;
         if !master {
             t.serving.clear();
+            SERVING.store(0, Ordering::Relaxed);
             t.by_time.retain(|_, (kind, _, _)| *kind != Kind::Serve);
         }
         t.on_due

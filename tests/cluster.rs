@@ -210,7 +210,7 @@ fn failover_keeps_replicated_locks_and_never_reissues_a_token() {
     wait_until("the waiter to queue", || waiters(&mut m, key) == 1);
     let mut r = cluster.nodes[replica].client();
     let _: () = cmd("CLUSTER").arg("FAILOVER").query(&mut r).unwrap();
-    wait_until("the replica to take over", || {
+    wait_until_within("the replica to take over", common::cluster::SLOW, || {
         cluster.master_of(slot) == replica
     });
     // A master turning replica unblocks its blocked clients with Redis's own error.

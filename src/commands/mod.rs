@@ -43,7 +43,7 @@ pub fn parse_ttl(arg: &Arg) -> Result<Ttl, RedisError> {
 /// master's stream and the AOF are the replica's own business.
 pub fn check_master(ctx: &Context) -> Result<(), RedisError> {
     let raw_ctx = ctx.get_raw();
-    if server::is_master(raw_ctx) || server::is_replicated_or_loading(raw_ctx) {
+    if server::is_master_now() || server::is_replicated_or_loading(raw_ctx) {
         Ok(())
     } else {
         Err(RedisError::Str(ERR_REPLICA))

@@ -9,7 +9,7 @@ use super::{Connection, Server, cmd, wait_until_within};
 /// Nodes agree on failures within about this long (and replicas take over after it).
 const NODE_TIMEOUT_MS: &str = "1000";
 /// How long a cluster may take to settle (formation, failover) on a busy machine.
-const SLOW: Duration = Duration::from_secs(30);
+pub const SLOW: Duration = Duration::from_secs(30);
 
 pub struct Cluster {
     /// Masters first, then replicas, as `--cluster create` pairs them.
