@@ -13,9 +13,9 @@ if timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port" 2>/dev/null; then
     if [ "$port" = 6379 ] && command -v systemctl >/dev/null 2>&1 \
         && systemctl is-active --quiet redis-server 2>/dev/null; then
         echo "Debian's redis-server service holds it: stop it with" \
-            "'systemctl disable --now redis-server'," >&2
+            "'systemctl disable --now redis-server'." >&2
     fi
-    echo "or start dlock's Redis on another port: make run PORT=6380" >&2
+    echo "To run dlock's Redis on another port: make run PORT=6380" >&2
     exit 1
 fi
 exec "$server" redis.conf.example --port "$port"
