@@ -223,3 +223,26 @@ fn without_cargo_it_points_to_rustup() {
         "dlock needs a Rust toolchain (cargo): see https://rustup.rs\n"
     );
 }
+
+/// `make run` (scripts/run.sh) on a port something already listens on says so and how to
+/// pick another, instead of Redis's bare bind error.
+#[test]
+fn run_says_when_its_port_is_taken() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/run.sh");
+    let out = Command::new("/bin/sh")
+        .arg(script)
+        .env("PORT", port.to_string())
+        .env("REDIS_SERVER", "/bin/false")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "Port {port} on 127.0.0.1 is already in use.\n\
+             To run dlock's Redis on another port: make run PORT=6380\n"
+        )
+    );
+}
