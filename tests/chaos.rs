@@ -445,12 +445,23 @@ impl Chaos {
         let mut r = self.servers[new_master].client();
         let mut switched = false;
         wait_until_within("the failover to end", Duration::from_secs(30), || {
-            let role: Vec<Value> = cmd("ROLE").query(&mut r).unwrap();
-            let info: String = cmd("INFO").arg("replication").query(&mut m).unwrap();
-            switched = role.first() == Some(&Value::BulkString(b"master".to_vec()));
-            // Done either way: switched and following, or given up (TIMEOUT) and still master.
-            (switched && info.contains("master_link_status:up"))
-                || (!switched && info.contains("master_failover_state:no-failover"))
+            let role = |c: &mut Connection| -> String {
+                let info: String = cmd("INFO").arg("replication").query(c).unwrap();
+                let role = if info.contains("role:master") { "master" } else { "replica" };
+                let settled = info.contains("master_failover_state:no-failover")
+                    && (role == "master" || info.contains("master_link_status:up"));
+                format!("{role}{}", if settled { "" } else { " (settling)" })
+            };
+            // Done either way, once both servers agree: switched (and following), or given up
+            // (TIMEOUT) with the old master still in charge.
+            match (role(&mut m).as_str(), role(&mut r).as_str()) {
+                ("replica", "master") => {
+                    switched = true;
+                    true
+                }
+                ("master", "replica") => true,
+                _ => false,
+            }
         });
         if switched {
             self.master = new_master;
@@ -723,8 +734,29 @@ fn locks_stay_safe_while_redis_operations_happen_to_the_servers() {
         .unwrap_or(0x5eed_d10c);
     let mut chaos = Chaos::new(seed);
     let start = Instant::now();
-    for i in 1..=steps {
-        chaos.step(i);
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        for i in 1..=steps {
+            chaos.step(i);
+        }
+    }));
+    if let Err(failure) = run {
+        // What the servers said last, before their folders go.
+        for (i, server) in chaos.servers.iter().enumerate() {
+            let log = server.log();
+            let lines: Vec<&str> = log.lines().collect();
+            // A crash report from its start (the assertion and the stack), else the tail.
+            let from = lines
+                .iter()
+                .position(|l| l.contains("BUG REPORT START"))
+                .map_or(lines.len().saturating_sub(40), |i| i.saturating_sub(5));
+            let shown = &lines[from..lines.len().min(from + 70)];
+            eprintln!(
+                "server {i} (running: {}), log:\n{}",
+                server.is_running(),
+                shown.join("\n")
+            );
+        }
+        std::panic::resume_unwind(failure);
     }
     // Let every waiter finish: free everything until each has its answer.
     let _ = chaos.admin(cmd("CLIENT").arg("UNPAUSE"));
