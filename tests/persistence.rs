@@ -287,3 +287,46 @@ fn locks_survive_an_upgrade_chain_through_rdb() {
         }
     }
 }
+
+/// The server's version as (major, minor), from `INFO server` (Valkey 8 reports a Redis-compatible
+/// `redis_version` of 7.2.4).
+fn server_version(c: &mut Connection) -> (u32, u32) {
+    let info: String = cmd("INFO").arg("server").query(c).unwrap();
+    let version = info
+        .lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap());
+    (parts.next().unwrap(), parts.next().unwrap())
+}
+
+/// An RDB written by a server whose token clock is still 0 loads without the module on Redis
+/// 7.2+ (dlock leaves its aux field out); 7.0 writes the field anyway, and a server without the
+/// module refuses the file with Redis's own message (README, "RDB files and the module").
+#[test]
+fn an_rdb_without_tokens_needs_the_module_only_on_redis_7_0() {
+    let server = Server::start();
+    let mut c = server.client();
+    let _: () = cmd("SET").arg("plain").arg("value").query(&mut c).unwrap();
+    let _: () = cmd("SAVE").query(&mut c).unwrap();
+    let newer = server_version(&mut c) >= (7, 2);
+    let mut plain = Server::prepare(&[], None);
+    std::fs::copy(server.dir.join("dump.rdb"), plain.dir.join("dump.rdb")).unwrap();
+    let started = plain.try_start();
+    if newer {
+        assert!(started, "{}", plain.log());
+        let value: String = cmd("GET").arg("plain").query(&mut plain.client()).unwrap();
+        assert_eq!(value, "value");
+    } else {
+        assert!(!started);
+        assert!(
+            plain.log().contains(
+                "The RDB file contains AUX module data I can't load: no matching module 'dlocklock'"
+            ),
+            "{}",
+            plain.log()
+        );
+    }
+}
