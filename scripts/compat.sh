@@ -24,7 +24,7 @@ for server in $servers; do
     failed=$(sed -n 's/^test result: .* \([0-9]*\) failed.*/\1/p' "$log" | awk '{s+=$1} END {print s+0}')
     if ! grep -q "^test result" "$log" || [ "$failed" != 0 ]; then
         failed_any=1
-        grep -E "^test .* FAILED|panicked at" "$log" | head -20 >&2
+        grep -A1 -E "^test .* FAILED|panicked at" "$log" | head -30 >&2
     fi
     results="$results| $server | $version | $passed | $failed |
 "
