@@ -420,12 +420,31 @@ impl Indexed {
 
     fn set_state(&mut self, slot: usize, state: HoldState) -> Option<HoldState> {
         let id = *self.node_of.get(slot)?;
-        self.detach(id);
+        let old = self.holds.get(slot)?.state();
+        if old.token != state.token || old.mode != state.mode {
+            self.detach(id);
+            let hold = self.holds.get_mut(slot)?;
+            hold.set_state(state);
+            let state = hold.state();
+            self.tree.reset(id, hold);
+            self.attach(id);
+            return Some(state);
+        }
+        // Same token and mode (EXTEND, re-entry): only the lease-ordered structures move; the
+        // token index and the limits stay as they are, which halves the work at scale.
+        self.tree.remove(id);
+        let exclusive = old.mode == Mode::Exclusive;
+        if exclusive {
+            self.exclusive.remove(&(old.lease_end, id));
+        }
         let hold = self.holds.get_mut(slot)?;
         hold.set_state(state);
         let state = hold.state();
         self.tree.reset(id, hold);
-        self.attach(id);
+        self.tree.insert(id);
+        if exclusive {
+            self.exclusive.insert((state.lease_end, id));
+        }
         Some(state)
     }
 
