@@ -245,11 +245,9 @@ fn serve(ctx: &Context, db: c_int, key: &Arg) {
         return;
     }
     let site = Site { ctx, key, db };
-    match store::serve(site, server::now_ms(), waiters, timers::BUDGET) {
-        Ok(served) if served.more => timers::serve_soon(raw_ctx, db, name),
-        Ok(_) => {}
-        // Another type: its waiters are told so by their reply callbacks.
-        Err(_) => {}
+    // An error is another type at the key: its waiters are told so by their reply callbacks.
+    if let Ok(true) = store::serve(site, server::now_ms(), waiters, timers::BUDGET) {
+        timers::serve_soon(raw_ctx, db, name);
     }
     if waiters {
         server::signal_ready(raw_ctx, key.raw());

@@ -112,7 +112,9 @@ pub fn acquire(
         lock.acquire(owner, request.mode, request.amount, now, lease_end, &CLOCK)
     };
     let changed = acquired != Ok(Acquired::Busy) || !pruned.is_empty() || lock.is_empty();
-    let next_lease_end = lock.next_lease_end(now);
+    let busy_until = (acquired == Ok(Acquired::Busy))
+        .then(|| lock.next_lease_end(now))
+        .flatten();
     watch(site, lock, now, waiters);
     ended(site, &pruned);
     let outcome = match acquired {
@@ -137,7 +139,7 @@ pub fn acquire(
             metrics::notify(site.ctx.get_raw(), events::REENTERED, site.key.raw());
             Ok(Outcome::Reentered(state))
         }
-        Ok(Acquired::Busy) => Ok(Outcome::Busy(next_lease_end)),
+        Ok(Acquired::Busy) => Ok(Outcome::Busy(busy_until)),
         Err(error) => Err(error),
     };
     if let (Ok(Outcome::Granted(state) | Outcome::Reentered(state)), Some(client)) =
@@ -206,20 +208,12 @@ pub fn extend(
     Ok(true)
 }
 
-/// What `serve` did to a key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Served {
-    /// Holds ended (lease over, or their session's connection gone).
-    pub ended: usize,
-    /// Holds of disconnected sessions are still to be ended (the budget ran out).
-    pub more: bool,
-}
-
 /// From a timer: end the holds whose lease is over and, up to `budget`, those whose session
 /// ended; keep an emptied lock (or create one) while clients wait for it; give back the
 /// key's expiry if someone changed it (`PERSIST`, `EXPIRE`): a lock's key always expires with
-/// its latest lease, so nothing can keep a key whose holds all ended.
-pub fn serve(site: Site, now: i64, waiters: bool, budget: usize) -> Result<Served, RedisError> {
+/// its latest lease, so nothing can keep a key whose holds all ended. True when holds of
+/// disconnected sessions are still to be ended (the budget ran out).
+pub fn serve(site: Site, now: i64, waiters: bool, budget: usize) -> Result<bool, RedisError> {
     let name = site.key.as_bytes();
     let mut key = LockKey::open_write(site.ctx, site.key);
     let present = key.lock()?.is_some();
@@ -227,10 +221,7 @@ pub fn serve(site: Site, now: i64, waiters: bool, budget: usize) -> Result<Serve
         timers::forget(site.db, name);
         // Holds of a lock that is gone cannot be ended any more.
         session::take_ending(site.db, name, usize::MAX);
-        return Ok(Served {
-            ended: 0,
-            more: false,
-        });
+        return Ok(false);
     }
     let expiry = key.expiry();
     let lock = key.lock_or_insert()?;
@@ -262,14 +253,11 @@ pub fn serve(site: Site, now: i64, waiters: bool, budget: usize) -> Result<Serve
     if let Some((owner, state)) = &last_hold {
         replicate::replicate(site.ctx, site.key, OwnerRef::Bytes(owner), *state);
     }
-    let count = pruned.len().saturating_add(removed.len());
-    if count > 0 || !present || stale_expiry || emptied {
+    let ended_any = !pruned.is_empty() || !removed.is_empty();
+    if ended_any || !present || stale_expiry || emptied {
         key.commit(waiters, now);
     }
-    Ok(Served {
-        ended: count,
-        more: session::has_ending(site.db, name),
-    })
+    Ok(session::has_ending(site.db, name))
 }
 
 /// `DLOCK.APPLY`: set holds to states decided by the master (or recorded in the AOF), in

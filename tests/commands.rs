@@ -304,21 +304,7 @@ fn info_is_a_map_in_resp3() {
         .iter()
         .map(|(k, _)| redis::from_redis_value(k).unwrap())
         .collect();
-    assert_eq!(
-        names,
-        [
-            "owner",
-            "token",
-            "ttl",
-            "holds",
-            "waiters",
-            "session",
-            "mode",
-            "limit",
-            "holders",
-            "holders_count"
-        ]
-    );
+    assert_eq!(names, INFO_FIELDS);
     assert_eq!(fields[0].1, Value::BulkString(b"w1".to_vec()));
     assert_eq!(fields[1].1, Value::Int(token));
     assert_eq!(fields[3].1, Value::Int(1));

@@ -374,16 +374,7 @@ fn every_mode_survives_reload_restart_dump_and_replication() {
     permits(&mut m, "sem", "a", 5, 2);
     permits(&mut m, "sem", "b", 5, 3);
     let keys = ["rw", "down", "sem"];
-    let state = |c: &mut Connection| -> Vec<Vec<Holder>> {
-        keys.iter()
-            .map(|k| {
-                holders(c, k)
-                    .into_iter()
-                    .map(|h| Holder { ttl: 0, ..h })
-                    .collect()
-            })
-            .collect()
-    };
+    let state = |c: &mut Connection| holders_without_ttl(c, &keys);
     let before = state(&mut m);
     assert_eq!(before[0].len(), 2);
     assert_eq!(before[1].len(), 2);

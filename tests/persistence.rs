@@ -153,15 +153,7 @@ fn restarts_from_a_stale_rdb_never_reissue_a_token() {
 
 /// Holders of a big shared lock and a big semaphore, every field (ttl left out: it moves).
 fn crowd(c: &mut Connection) -> Vec<Vec<Holder>> {
-    ["crowd:rw", "crowd:sem", "crowd:one"]
-        .iter()
-        .map(|k| {
-            holders(c, k)
-                .into_iter()
-                .map(|h| Holder { ttl: 0, ..h })
-                .collect()
-        })
-        .collect()
+    holders_without_ttl(c, &["crowd:rw", "crowd:sem", "crowd:one"])
 }
 
 /// A rewritten AOF without the RDB preamble recreates each key 64 holds a command: keys of

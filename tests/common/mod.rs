@@ -531,18 +531,7 @@ pub fn info_fields(c: &mut Connection, key: &str) -> Option<Vec<(String, String)
     match reply {
         Value::Nil => None,
         Value::Array(fields) => {
-            let names = [
-                "owner",
-                "token",
-                "ttl",
-                "holds",
-                "waiters",
-                "session",
-                "mode",
-                "limit",
-                "holders",
-                "holders_count",
-            ];
+            let names = INFO_FIELDS;
             let pairs: Vec<(String, String)> = fields
                 .chunks(2)
                 .map(|p| {
@@ -561,6 +550,32 @@ pub fn info_fields(c: &mut Connection, key: &str) -> Option<Vec<(String, String)
         }
         other => panic!("unexpected DLOCK.INFO reply {other:?}"),
     }
+}
+
+/// `DLOCK.INFO`'s fields, in their order.
+pub const INFO_FIELDS: [&str; 10] = [
+    "owner",
+    "token",
+    "ttl",
+    "holds",
+    "waiters",
+    "session",
+    "mode",
+    "limit",
+    "holders",
+    "holders_count",
+];
+
+/// The holders of each of `keys`, every field but the ttl (which moves), to compare states.
+pub fn holders_without_ttl(c: &mut Connection, keys: &[&str]) -> Vec<Vec<Holder>> {
+    keys.iter()
+        .map(|k| {
+            holders(c, k)
+                .into_iter()
+                .map(|h| Holder { ttl: 0, ..h })
+                .collect()
+        })
+        .collect()
 }
 
 /// One entry of `DLOCK.INFO`'s `holders`.
