@@ -1,6 +1,7 @@
 //! A real Redis Cluster on loopback: 3 masters and 3 replicas, the module loaded on every
 //! node, created with `redis-cli --cluster create`, torn down with the test.
 
+use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -61,6 +62,56 @@ impl Cluster {
                     && (replication.contains("role:master")
                         || replication.contains("master_link_status:up"))
             });
+        }
+        // "ok" comes before every node has heard which node replicates which: a master that
+        // does not yet know its replica ignores that replica's manual failover request.
+        wait_until_within("every node to agree on the topology", SLOW, || {
+            let views: Vec<BTreeSet<(String, String)>> = self
+                .nodes
+                .iter()
+                .filter(|n| n.is_running())
+                .map(|n| {
+                    let nodes: String = cmd("CLUSTER")
+                        .arg("NODES")
+                        .query(&mut n.client())
+                        .unwrap_or_default();
+                    topology(&nodes)
+                })
+                .collect();
+            views.windows(2).all(|pair| pair[0] == pair[1])
+        });
+    }
+
+    /// A manual `CLUSTER FAILOVER` of `replica` for the master serving `slot`, repeated while
+    /// it has not happened: Redis gives a manual failover 5 s and then drops it, which a busy
+    /// machine can exceed.
+    pub fn manual_failover(&self, replica: usize, slot: u16) {
+        let deadline = Instant::now() + SLOW;
+        let mut r = self.nodes[replica].client();
+        loop {
+            let info: String = cmd("INFO")
+                .arg("replication")
+                .query(&mut r)
+                .expect("INFO replication");
+            // A node that turned master since the last attempt would refuse another request.
+            if info.contains("role:slave") {
+                let _: () = cmd("CLUSTER")
+                    .arg("FAILOVER")
+                    .query(&mut r)
+                    .expect("CLUSTER FAILOVER");
+            }
+            let attempt = Instant::now() + Duration::from_secs(8);
+            while Instant::now() < attempt {
+                if self.master_of(slot) == replica {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the replica never took over: {}",
+                self.nodes[replica].log()
+            );
         }
     }
 
@@ -225,4 +276,20 @@ impl Cluster {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// The `(node id, master id or "-")` pairs of a `CLUSTER NODES` reply, for the nodes not
+/// marked failing: what one node believes the cluster's shape is.
+fn topology(nodes: &str) -> BTreeSet<(String, String)> {
+    nodes
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (id, flags, master) = (fields.first()?, fields.get(2)?, fields.get(3)?);
+            let settled = !["fail", "handshake", "noaddr"]
+                .iter()
+                .any(|f| flags.contains(f));
+            settled.then(|| (id.to_string(), master.to_string()))
+        })
+        .collect()
 }

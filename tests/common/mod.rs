@@ -275,6 +275,22 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill9();
+        // A failing test shows the end of each of its servers' logs with its own output.
+        if std::thread::panicking() {
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines
+                .get(lines.len().saturating_sub(40)..)
+                .unwrap_or_default();
+            eprintln!(
+                "--- redis.log of the server on port {} (last {} lines)",
+                self.port,
+                tail.len()
+            );
+            for line in tail {
+                eprintln!("{line}");
+            }
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
