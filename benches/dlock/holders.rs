@@ -49,6 +49,7 @@ pub fn holders(server: &Server, c: &mut Connection, sizes: &Sizes, figures: &mut
             // Linear: 10x the readers may cost 10x.
             target: Some(Target::RatioAtMost(readers as f64 / smallest.max(1) as f64)),
             others: vec![
+                ("of which in the kernel ms".into(), h.sys_ms),
                 ("RELEASE alone us".into(), h.release_us),
                 ("wall ms to the last reply".into(), h.wall_ms),
             ],
@@ -274,6 +275,8 @@ struct Handover {
     /// release, the grants (Redis 7.0 does not count a module's unblocked clients in
     /// `commandstats`) and writing their replies.
     cpu_ms: f64,
+    /// The part of it in the kernel (sending the replies over loopback TCP).
+    sys_ms: f64,
     release_us: f64,
     wall_ms: f64,
     worst_ping_ms: f64,
@@ -317,7 +320,7 @@ fn handover(server: &Server, c: &mut Connection, readers: usize) -> Handover {
     let probe = Probe::start(server);
     thread::sleep(Duration::from_millis(20));
     let _: () = cmd("CONFIG").arg("RESETSTAT").query(c).expect("RESETSTAT");
-    let cpu_before = server_cpu(c);
+    let (user_before, sys_before) = server_cpu(c);
     let start = Instant::now();
     let released: i64 = cmd("DLOCK.RELEASE")
         .arg(KEY)
@@ -330,7 +333,9 @@ fn handover(server: &Server, c: &mut Connection, readers: usize) -> Handover {
         assert!(matches!(reply, Value::Int(_)), "a reader got {reply:?}");
     }
     let wall_ms = start.elapsed().as_secs_f64() * 1e3;
-    let cpu_ms = (server_cpu(c) - cpu_before) * 1e3;
+    let (user_after, sys_after) = server_cpu(c);
+    let sys_ms = (sys_after - sys_before) * 1e3;
+    let cpu_ms = (user_after - user_before) * 1e3 + sys_ms;
     thread::sleep(Duration::from_millis(20));
     let worst_ping_ms = probe.finish();
     let release_us = commandstats(c)
@@ -341,6 +346,7 @@ fn handover(server: &Server, c: &mut Connection, readers: usize) -> Handover {
     flushall(c);
     Handover {
         cpu_ms,
+        sys_ms,
         release_us,
         wall_ms,
         worst_ping_ms,
@@ -524,14 +530,13 @@ fn info_int(c: &mut Connection, key: &str, name: &str) -> i64 {
 }
 
 /// Server CPU seconds so far (user + system).
-fn server_cpu(c: &mut Connection) -> f64 {
+fn server_cpu(c: &mut Connection) -> (f64, f64) {
     let text: String = cmd("INFO").arg("cpu").query(c).expect("INFO cpu");
-    ["used_cpu_user:", "used_cpu_sys:"]
-        .iter()
-        .filter_map(|k| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(k))
-                .and_then(|v| v.trim().parse::<f64>().ok())
-        })
-        .sum()
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (field("used_cpu_user:"), field("used_cpu_sys:"))
 }
