@@ -150,6 +150,18 @@ pub const EXTEND: Doc = Doc {
     ],
 };
 
+pub const FENCE: Doc = Doc {
+    summary: c"Raises the fencing token of a lock held by the owner, and this server's token clock, to at least the given token (for quorum locks across servers); replies the hold's token after, or nil when the owner does not hold the lock.",
+    complexity: c"O(log N) where N is the number of holders of the key.",
+    arity: 4,
+    key_specs: &first_key(RW_UPDATE),
+    args: &[
+        KEY,
+        arg(c"owner", ArgKind::String, c"The owner that holds the lock."),
+        arg(c"token", ArgKind::Integer, c"The token to raise the hold's token to: the highest a quorum of servers granted."),
+    ],
+};
+
 pub const INFO: Doc = Doc {
     summary: c"Returns a lock's owner, fencing token, lease left, hold count, waiters, mode, its first holders by token (16 unless HOLDERS says otherwise) and how many holders it has.",
     complexity: c"O(log N + K) where N is the number of holders of the key and K the number listed: 16 by default, N with HOLDERS 0.",

@@ -60,6 +60,8 @@ pub fn err_too_many_waiters(limit: usize) -> String {
 }
 
 pub const ERR_TOKEN: &str = "ERR token must be a positive integer";
+pub const ERR_TOKEN_LEAD: &str = "ERR token leads this server's clock by more than \
+     dlock.max-token-lead (0 disables the check)";
 pub const ERR_FENCE_NOT_HELD: &str = "ERR fenced write refused: the lock is not held";
 pub const ERR_FENCE_STALE: &str =
     "ERR fenced write refused: stale token, the lock is held with a newer one";

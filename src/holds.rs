@@ -285,6 +285,14 @@ impl Holds {
         }
     }
 
+    /// The earliest lease end of any hold.
+    pub fn first_lease_end(&self) -> Option<i64> {
+        match self {
+            Holds::Many(index) => index.tree.first().map(|(lease_end, _)| lease_end),
+            _ => self.as_slice().iter().map(|h| h.lease_end).min(),
+        }
+    }
+
     /// The latest lease end of any hold.
     pub fn last_lease_end(&self) -> Option<i64> {
         match self {

@@ -86,7 +86,7 @@ struct Command {
 
 /// Every command, its flags and categories. Each takes the lock's key as its first argument
 /// (`DLOCK.GUARD` declares its command's keys through the getkeys API).
-const COMMANDS: [Command; 6] = [
+const COMMANDS: [Command; 7] = [
     Command {
         name: c"dlock.acquire",
         entry: entry!(commands::acquire::run),
@@ -107,6 +107,13 @@ const COMMANDS: [Command; 6] = [
         flags: c"write fast",
         acl: c"write fast",
         doc: &docs::EXTEND,
+    },
+    Command {
+        name: c"dlock.fence",
+        entry: entry!(commands::fence::run),
+        flags: c"write fast",
+        acl: c"write fast",
+        doc: &docs::FENCE,
     },
     Command {
         name: c"dlock.info",

@@ -165,6 +165,11 @@ impl Lock {
         !matches!(mode, Mode::Semaphore { .. }) && self.live_owned(owner, now).next().is_some()
     }
 
+    /// Whether some hold's lease has ended at `now` (and `prune` would remove it).
+    pub fn has_ended_holds(&self, now: i64) -> bool {
+        self.holds.first_lease_end().is_some_and(|end| end <= now)
+    }
+
     /// Remove the holds whose lease has ended and return them, so the caller can replicate
     /// their removal. Call before `acquire`.
     pub fn prune(&mut self, now: i64) -> Vec<Hold> {
@@ -308,27 +313,8 @@ impl Lock {
         lease_end: i64,
         mut changed: impl FnMut(HoldState),
     ) -> bool {
-        // Collected before any change, which the lookup's borrow forbids; the slots stay
-        // valid, as a new lease end moves a hold within the indexes, never between slots. An
-        // owner a command built has at most two holds on a key (exclusive and shared, during a
-        // downgrade): they fit on the stack, and EXTEND allocates nothing. Only a state some
-        // `apply` built could have more.
-        let mut few = [0usize; 2];
-        let mut found = 0usize;
-        let mut more = Vec::new();
-        for slot in self.live_owned(owner, now) {
-            match few.get_mut(found) {
-                Some(entry) => *entry = slot,
-                None => more.push(slot),
-            }
-            found = found.saturating_add(1);
-        }
-        let slots = few
-            .get(..found.min(2))
-            .unwrap_or_default()
-            .iter()
-            .chain(&more);
-        for &slot in slots {
+        let slots = self.live_slots(owner, now);
+        for slot in slots.iter() {
             let Some(hold) = self.hold(slot) else {
                 continue;
             };
@@ -340,7 +326,55 @@ impl Lock {
                 changed(state);
             }
         }
-        found > 0
+        !slots.is_empty()
+    }
+
+    /// `DLOCK.FENCE`: raise the token of each of `owner`'s live holds to at least `token`;
+    /// the highest of their tokens afterwards, or `None` when `owner` holds nothing. Leases
+    /// stay as they are; each hold that changed goes to `changed`.
+    pub fn raise(
+        &mut self,
+        owner: &[u8],
+        token: i64,
+        now: i64,
+        mut changed: impl FnMut(HoldState),
+    ) -> Option<i64> {
+        let mut highest = None;
+        for slot in self.live_slots(owner, now).iter() {
+            let Some(hold) = self.hold(slot) else {
+                continue;
+            };
+            let mut state = hold.state();
+            if state.token < token {
+                state.token = token;
+                if let Some(state) = self.holds.set_state(slot, state) {
+                    changed(state);
+                }
+            }
+            highest = highest.max(Some(state.token));
+        }
+        highest
+    }
+
+    /// The slots of `owner`'s live holds, collected before a change, which the lookup's
+    /// borrow forbids; the slots stay valid, as a hold's new lease end or token moves it
+    /// within the indexes, never between slots. An owner a command built has at most two
+    /// holds on a key (exclusive and shared, during a downgrade): they fit on the stack, and
+    /// EXTEND allocates nothing. Only a state some `apply` built could have more.
+    fn live_slots(&self, owner: &[u8], now: i64) -> Slots {
+        let mut slots = Slots {
+            few: [0; 2],
+            found: 0,
+            more: Vec::new(),
+        };
+        for slot in self.live_owned(owner, now) {
+            match slots.few.get_mut(slots.found) {
+                Some(entry) => *entry = slot,
+                None => slots.more.push(slot),
+            }
+            slots.found = slots.found.saturating_add(1);
+        }
+        slots
     }
 
     /// End the hold of `owner` that carries `token`, whatever its count; its final state.
@@ -497,6 +531,24 @@ pub fn owner_from_bits(bits: u128) -> [u8; 32] {
     out
 }
 
+/// Slots of one owner's holds (`Lock::live_slots`).
+struct Slots {
+    few: [usize; 2],
+    found: usize,
+    more: Vec<usize>,
+}
+
+impl Slots {
+    fn is_empty(&self) -> bool {
+        self.found == 0
+    }
+
+    fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        let few = self.few.get(..self.found.min(2)).unwrap_or_default();
+        few.iter().chain(&self.more).copied()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -631,6 +683,41 @@ mod tests {
             }]
         );
         assert_eq!(lock.expires_at(), Some(NOW + 9_000));
+    }
+
+    #[test]
+    fn raise_lifts_only_a_live_holders_token_and_never_lowers_it() {
+        let clock = TokenClock::new();
+        let mut lock = Lock::new();
+        let first = granted(&mut lock, b"a", &clock);
+        let mut states = vec![];
+        assert_eq!(
+            lock.raise(b"b", first.token + 9, NOW, |s| states.push(s)),
+            None
+        );
+        assert_eq!(
+            lock.raise(b"a", first.token - 1, NOW, |s| states.push(s)),
+            Some(first.token)
+        );
+        assert!(states.is_empty());
+        let raised = first.token + 9;
+        assert_eq!(
+            lock.raise(b"a", raised, NOW, |s| states.push(s)),
+            Some(raised)
+        );
+        assert_eq!(
+            states,
+            [HoldState {
+                token: raised,
+                ..first
+            }]
+        );
+        assert_eq!(lock.fence(raised, NOW), Ok(()));
+        assert_eq!(lock.fence(first.token, NOW), Err(FenceError::Stale));
+        assert_eq!(
+            lock.raise(b"a", raised + 1, first.lease_end, |_| panic!("raised")),
+            None
+        );
     }
 
     #[test]

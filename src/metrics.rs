@@ -68,6 +68,9 @@ pub static WAIT_TIMEOUTS: Counter = Counter::new();
 /// `DLOCK.GUARD` calls whose token passed the fence (the inner command ran) or did not.
 pub static GUARDS: Counter = Counter::new();
 pub static GUARDS_REFUSED: Counter = Counter::new();
+/// `DLOCK.FENCE` calls on a live hold of the owner, and on none.
+pub static FENCES: Counter = Counter::new();
+pub static FENCES_REJECTED: Counter = Counter::new();
 /// Locks removed by `maxmemory` eviction: freed early, whatever their leases.
 pub static EVICTED: Counter = Counter::new();
 
@@ -95,7 +98,7 @@ pub unsafe extern "C" fn info(ctx: *mut raw::RedisModuleInfoCtx, _for_crash_repo
         return;
     };
     let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
-    let fields: [(&CStr, i64); 19] = [
+    let fields: [(&CStr, i64); 21] = [
         (c"locks", LOCKS.get()),
         (c"waiters", WAITERS.get()),
         (c"grants_immediate", GRANTS_IMMEDIATE.get()),
@@ -109,6 +112,8 @@ pub unsafe extern "C" fn info(ctx: *mut raw::RedisModuleInfoCtx, _for_crash_repo
         (c"wait_timeouts", WAIT_TIMEOUTS.get()),
         (c"guards", GUARDS.get()),
         (c"guards_refused", GUARDS_REFUSED.get()),
+        (c"fences", FENCES.get()),
+        (c"fences_rejected", FENCES_REJECTED.get()),
         (c"evictable", i64::from(evictable())),
         (c"evicted", EVICTED.get()),
         (c"last_token", CLOCK.last()),
@@ -132,6 +137,7 @@ pub mod events {
     pub const REENTERED: &CStr = c"dlock.reentered";
     pub const RELEASED: &CStr = c"dlock.released";
     pub const EXTENDED: &CStr = c"dlock.extended";
+    pub const FENCED: &CStr = c"dlock.fenced";
     pub const EXPIRED: &CStr = c"dlock.expired";
     pub const HANDOVER: &CStr = c"dlock.handover";
     pub const EVICTED: &CStr = c"dlock.evicted";

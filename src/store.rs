@@ -100,6 +100,15 @@ pub fn acquire(
         Turn::Waiter => (false, true),
     };
     let mut key = LockKey::open_write(site.ctx, site.key);
+    // A waiter is served inside Redis's pass over the key's blocked clients, which propagates
+    // only what a served client changed: removing ended holds there and then finding the lock
+    // still busy would leave their replication pending (Redis 7.0 then aborts in
+    // `handleClientsBlockedOnKeys`). So a waiter waits while ended holds remain: the lease
+    // timer, due already (or deferred while the server may not write), removes them in its
+    // own context and offers the key again.
+    if turn == Turn::Waiter && key.lock()?.is_some_and(|lock| lock.has_ended_holds(now)) {
+        return Ok(Ok(Outcome::Busy(None)));
+    }
     let lock = key.lock_or_insert()?;
     let pruned = lock.prune(now);
     let lease_end = request.ttl.lease_end(now);
@@ -206,6 +215,33 @@ pub fn extend(
     metrics::notify(site.ctx.get_raw(), events::EXTENDED, site.key.raw());
     key.commit(waiters, now);
     Ok(true)
+}
+
+/// `DLOCK.FENCE`: raise `owner`'s holds of the key to at least `token`, and this server's
+/// token clock with them; the holds' highest token after, or `None` when `owner` holds
+/// nothing there (and nothing changes). The raised holds replicate as any change does, so
+/// replicas and the AOF raise their clocks too.
+pub fn fence(site: Site, owner: &Arg, token: i64, now: i64) -> Result<Option<i64>, RedisError> {
+    let mut key = LockKey::open_write(site.ctx, site.key);
+    let mut changed = false;
+    let raised = match key.lock()? {
+        Some(lock) => lock.raise(owner.as_bytes(), token, now, |state| {
+            changed = true;
+            replicate::replicate(site.ctx, site.key, OwnerRef::Arg(owner), state);
+        }),
+        None => None,
+    };
+    let Some(raised) = raised else {
+        metrics::FENCES_REJECTED.incr();
+        return Ok(None);
+    };
+    CLOCK.observe(raised);
+    metrics::FENCES.incr();
+    if changed {
+        metrics::notify(site.ctx.get_raw(), events::FENCED, site.key.raw());
+        key.commit(false, now);
+    }
+    Ok(Some(raised))
 }
 
 /// From a timer: end the holds whose lease is over and, up to `budget`, those whose session

@@ -301,14 +301,30 @@ impl Chaos {
             self.rng.pick(&OWNERS).to_string()
         };
         let client = self.rng.below(self.clients.len() as u64) as usize;
-        let command = if self.rng.chance(60) {
+        let fence = self.rng.chance(10);
+        let command = if fence {
+            // A quorum client's raise: somewhat above the highest token seen.
+            let token = self
+                .highest
+                .max(1)
+                .saturating_add(self.rng.below(1 << 20) as i64);
+            cmd("DLOCK.FENCE").arg(key).arg(&owner).arg(token).clone()
+        } else if self.rng.chance(60) {
             cmd("DLOCK.RELEASE").arg(key).arg(&owner).clone()
         } else {
             let ttl = self.ttl();
             cmd("DLOCK.EXTEND").arg(key).arg(&owner).arg(ttl).clone()
         };
-        let _: RedisResult<i64> = command.query(&mut self.clients[client]);
-        self.count("release/extend");
+        let reply = command.query(&mut self.clients[client]);
+        if let (true, Ok(Value::Int(token))) = (fence, reply) {
+            // The hold carries the raised token from now on (re-entry replies it), and every
+            // later grant must be above it.
+            self.tokens
+                .entry(token)
+                .or_insert_with(|| format!("{key} {owner}"));
+            self.highest = self.highest.max(token);
+        }
+        self.count("release/extend/fence");
     }
 
     fn guard(&mut self) {

@@ -494,6 +494,7 @@ fn command_info_declares_flags_and_keys() {
         ("dlock.acquire", vec!["write", "denyoom", "module", "fast"]),
         ("dlock.release", vec!["write", "module", "fast"]),
         ("dlock.extend", vec!["write", "module", "fast"]),
+        ("dlock.fence", vec!["write", "module", "fast"]),
         // O(N) with HOLDERS 0, so not `fast`.
         ("dlock.info", vec!["readonly", "module"]),
     ] {

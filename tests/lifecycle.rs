@@ -118,6 +118,66 @@ fn timers_and_disconnects_wait_out_a_pause_with_aof_and_a_replica() {
     assert_eq!(digest(&mut m), digest(&mut r));
 }
 
+/// A waiter offered a key that still has a hold whose lease ended (its removal deferred by a
+/// pause) while another holder keeps it busy: serving the waiter must change nothing, or the
+/// removal's replication is left pending outside any command and Redis 7.0 aborts
+/// (`blocked.c: 'server.also_propagate.numops == 0'`). The timer removes the hold after.
+#[test]
+fn a_waiter_offered_a_busy_key_with_an_ended_hold_changes_nothing() {
+    let master = Server::with_config(&[("appendonly", "yes")]);
+    let replica = Server::start();
+    replicate_from(&replica, &master);
+    let mut m = master.client();
+    for (owner, ttl) in [("ends", 150), ("stays", 60_000), ("leaves", 60_000)] {
+        let _: i64 = cmd("DLOCK.ACQUIRE")
+            .arg("k")
+            .arg(owner)
+            .arg(ttl)
+            .arg("SHARED")
+            .query(&mut m)
+            .unwrap();
+    }
+    let mut writer = blocked_connection(&master, "k", "writer", 60_000, 0);
+    wait_until("the writer to queue", || waiters(&mut m, "k") == 1);
+    let mut admin = master.client();
+    pause(&mut admin, 10_000, "WRITE");
+    // Postponed by the pause, this RELEASE runs right when it ends, after "ends"'s lease did
+    // (its removal waits for the timer), and offers the key to the writer while "stays" holds it.
+    let mut releaser = master.client();
+    releaser
+        .send_packed_command(
+            &cmd("DLOCK.RELEASE")
+                .arg("k")
+                .arg("leaves")
+                .get_packed_command(),
+        )
+        .unwrap();
+    wait_until("the short lease to end", || {
+        holders(&mut admin, "k").len() == 2
+    });
+    // Nothing shows that the lease timer has come due and put its work off until the pause
+    // ends (it retries every 50 ms): give it that long, so the RELEASE comes first.
+    std::thread::sleep(Duration::from_millis(120));
+    unpause(&mut admin);
+    assert_eq!(
+        reply_within(&mut releaser, Duration::from_secs(5)),
+        Ok(Value::Int(1))
+    );
+    assert_eq!(ping(&mut m), "PONG");
+    wait_until("the ended hold to be removed", || {
+        holders(&mut m, "k").len() == 1
+    });
+    assert_eq!(ping(&mut m), "PONG");
+    assert_eq!(waiters(&mut m, "k"), 1);
+    assert_eq!(release(&mut m, "k", "stays"), 1);
+    assert!(matches!(
+        reply_within(&mut writer, Duration::from_secs(5)),
+        Ok(Value::Int(_))
+    ));
+    wait_for_replica(&mut m);
+    assert_eq!(digest(&mut m), digest(&mut replica.client()));
+}
+
 /// A manual FAILOVER (which pauses writes while the replica catches up) with a lease ending in
 /// the middle and a waiter queued: both servers stay up and agree.
 #[test]

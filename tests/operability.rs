@@ -188,6 +188,8 @@ fn info_dlock_counts_every_kind_of_event() {
             "dlock_wait_timeouts",
             "dlock_guards",
             "dlock_guards_refused",
+            "dlock_fences",
+            "dlock_fences_rejected",
             "dlock_evictable",
             "dlock_evicted",
             "dlock_last_token",
@@ -299,7 +301,7 @@ fn lock_events_are_published_as_keyspace_notifications() {
 fn command_docs_and_key_specs_describe_every_command() {
     let server = Server::start();
     let mut c = server.client();
-    let expected: [(&str, i64, &str, &[&str]); 6] = [
+    let expected: [(&str, i64, &str, &[&str]); 7] = [
         (
             "dlock.acquire",
             -4,
@@ -317,6 +319,7 @@ fn command_docs_and_key_specs_describe_every_command() {
         ),
         ("dlock.release", 3, "RW delete", &["key", "owner"]),
         ("dlock.extend", 4, "RW update", &["key", "owner", "ttl_ms"]),
+        ("dlock.fence", 4, "RW update", &["key", "owner", "token"]),
         ("dlock.info", -2, "RO access", &["key", "count", "token"]),
         (
             "dlock.guard",

@@ -569,7 +569,7 @@ fn replica_promotions_after_missed_writes_never_reissue_tokens() {
 
 /// Every reply a DLOCK command may give to any input: a result or a documented error.
 fn acceptable(reply: &RedisResult<Value>) -> bool {
-    const ERRORS: [&str; 25] = [
+    const ERRORS: [&str; 26] = [
         "ERR wrong number of arguments for",
         "ERR ttl must be a positive integer in milliseconds",
         "ERR ttl is above the maximum of 1099511627776 ms (2^40)",
@@ -583,6 +583,7 @@ fn acceptable(reply: &RedisResult<Value>) -> bool {
         "ERR DLOCK.APPLY is internal",
         "ERR DLOCK.APPLY arguments are out of range",
         "ERR token must be a positive integer",
+        "ERR token leads this server's clock by more than dlock.max-token-lead",
         "ERR count must be a non-negative integer",
         "ERR limit must be an integer from 1 to 4294967294",
         "ERR permits must be a positive integer",
@@ -672,6 +673,7 @@ fn fuzzed_commands_get_results_or_documented_errors_and_never_crash() {
         "DLOCK.ACQUIRE",
         "DLOCK.RELEASE",
         "DLOCK.EXTEND",
+        "DLOCK.FENCE",
         "DLOCK.INFO",
         "DLOCK.APPLY",
         "DLOCK.GUARD",
@@ -694,6 +696,7 @@ fn fuzzed_commands_get_results_or_documented_errors_and_never_crash() {
         "CLIENT",
         "DLOCK.ACQUIRE",
         "DLOCK.RELEASE",
+        "DLOCK.FENCE",
         "DLOCK.INFO",
         "DLOCK.APPLY",
         "DLOCK.GUARD",

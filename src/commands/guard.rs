@@ -21,10 +21,10 @@ use std::slice;
 
 use redis_module::{Context, RedisError, RedisResult, RedisString, RedisValue, raw};
 
-use super::Arg;
+use super::{Arg, parse_token};
 use crate::errors::{
     ERR_FENCE_NOT_HELD, ERR_FENCE_STALE, ERR_FENCE_UNKNOWN, ERR_GUARD_CALL, ERR_GUARD_NESTED,
-    ERR_TOKEN, err_guard_blocking, err_guard_noperm, err_guard_noscript,
+    err_guard_blocking, err_guard_noperm, err_guard_noscript,
 };
 use crate::key::LockKey;
 use crate::local;
@@ -51,13 +51,9 @@ impl<'a> GuardArgs<'a> {
         if command.is_empty() {
             return Err(RedisError::WrongArity);
         }
-        let token = token
-            .parse_i64()
-            .filter(|t| *t > 0)
-            .ok_or(RedisError::Str(ERR_TOKEN))?;
         Ok(GuardArgs {
             key,
-            token,
+            token: parse_token(token)?,
             command,
         })
     }

@@ -4,6 +4,7 @@
 pub mod acquire;
 pub mod apply;
 pub mod extend;
+pub mod fence;
 pub mod guard;
 pub mod info;
 pub mod release;
@@ -13,7 +14,8 @@ use redis_module::{Context, RedisError};
 pub use crate::arg::Arg;
 use crate::config;
 use crate::errors::{
-    ERR_OWNER_EMPTY, ERR_REPLICA, ERR_TTL, ERR_TTL_RANGE, err_owner_too_long, err_ttl_above_max,
+    ERR_OWNER_EMPTY, ERR_REPLICA, ERR_TOKEN, ERR_TTL, ERR_TTL_RANGE, err_owner_too_long,
+    err_ttl_above_max,
 };
 use crate::server;
 use crate::store::Ttl;
@@ -36,6 +38,13 @@ pub fn parse_ttl(arg: &Arg) -> Result<Ttl, RedisError> {
         Some(max) if ttl > max => Err(RedisError::String(err_ttl_above_max(max))),
         _ => Ok(Ttl::new(ttl)),
     }
+}
+
+/// A fencing token: a positive integer.
+pub fn parse_token(arg: &Arg) -> Result<i64, RedisError> {
+    arg.parse_i64()
+        .filter(|t| *t > 0)
+        .ok_or(RedisError::Str(ERR_TOKEN))
 }
 
 /// Refuse a write on a replica (one with `replica-read-only no`): a replica's locks are its
