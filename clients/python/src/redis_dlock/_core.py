@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Iterable, Self
+from typing import Any, Callable, Generic, Iterable, Self, TypeVar
 
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -20,6 +20,14 @@ DEFAULT_TTL = 30.0
 WAIT_MARGIN = 2.0
 """Seconds a blocking ACQUIRE's read timeout exceeds its WAIT: the server answers at the
 timeout within a few milliseconds, so only a stuck server or network outlasts this."""
+
+WAKE_EARLY = 0.002
+"""Seconds before its deadline that the keepalive marks a lease lost, so that thread or task
+wake-up latency does not make the signal late."""
+
+READ_EARLY = 0.005
+"""Seconds before the earliest deadline that the keepalive stops waiting for replies: socket
+timeouts count whole milliseconds, and closing the connection takes time too."""
 
 KEEPALIVE_NAME = "dlock-keepalive"
 SESSION_NAME = "dlock-session"
@@ -190,15 +198,21 @@ def plan(leases: Iterable[LeaseCore], now: float) -> tuple[list[Any], list[Any],
     when to wake up next if there is nothing to do now."""
     expired, due, wake = [], [], float("inf")
     for lease in leases:
-        if now >= lease.deadline:
+        if now >= lease.deadline - WAKE_EARLY:
             expired.append(lease)
             continue
-        wake = min(wake, lease.deadline)
+        wake = min(wake, lease.deadline - WAKE_EARLY)
         if lease.keepalive:
             if now >= lease.next_extend:
                 due.append(lease)
             wake = min(wake, lease.next_extend)
     return expired, due, wake
+
+
+def reply_limit(leases: Iterable[LeaseCore]) -> float:
+    """When a keepalive batch must stop waiting for replies: the earliest deadline of any
+    lease, so that a frozen server cannot hold a lease past its own."""
+    return min(lease.deadline for lease in leases) - READ_EARLY
 
 
 def extend_commands(leases: Iterable[LeaseCore]) -> list[tuple[Any, ...]]:
@@ -221,3 +235,58 @@ def node(client: Any, key: Key) -> Any:
     if hasattr(client, "connection_pool"):
         return client
     return client.get_node_from_key(key).redis_connection
+
+
+class LockBase:
+    """What every lock object holds: the client and how it acquires."""
+
+    def __init__(
+        self, client: Any, key: Key, ttl: float | None = None, *, owner: Owner | None = None,
+        session: bool = False, keepalive: bool | None = None,
+    ) -> None:
+        self._client = client
+        self._spec = Spec.make(key, ttl, owner, session, keepalive)
+        self._held: list[Any] = []
+
+
+L = TypeVar("L", bound=LockBase)
+
+
+class ReadWriteLockBase(Generic[L]):
+    """A read-write lock on `key`: `read()` gives shared holds, `write()` exclusive ones.
+
+    The arguments are `Lock`'s, applied to both views.
+    """
+
+    _lock: type[L]
+
+    def __init__(
+        self, client: Any, key: Key, ttl: float | None = None, *, owner: Owner | None = None,
+        session: bool = False, keepalive: bool | None = None,
+    ) -> None:
+        options = dict(owner=owner, session=session, keepalive=keepalive)
+        self._write = self._lock(client, key, ttl, **options)
+        self._read = self._lock(client, key, ttl, **options)
+        self._read._spec = self._read._spec.with_mode("SHARED")
+
+    def read(self) -> L:
+        """The shared (reader) view."""
+        return self._read
+
+    def write(self) -> L:
+        """The exclusive (writer) view."""
+        return self._write
+
+
+class SemaphoreMixin(LockBase):
+    """A counting semaphore of `limit` permits on `key`; each lease holds `permits`.
+
+    The other arguments are `Lock`'s.
+    """
+
+    def __init__(
+        self, client: Any, key: Key, limit: int, ttl: float | None = None, *, permits: int = 1,
+        owner: Owner | None = None, session: bool = False, keepalive: bool | None = None,
+    ) -> None:
+        super().__init__(client, key, ttl, owner=owner, session=session, keepalive=keepalive)
+        self._spec = self._spec.with_mode("SEMAPHORE", limit, "PERMITS", permits)

@@ -12,8 +12,9 @@ from typing import Any
 from redis.exceptions import ConnectionError, RedisError, ResponseError, TimeoutError
 
 from ._core import (
-    KEEPALIVE_NAME, SESSION_NAME, Key, LeaseCore, Owner, Spec, connection_kwargs, drift,
-    extend_commands, log, node, plan, read_timeout, to_ms, wait_ms,
+    KEEPALIVE_NAME, SESSION_NAME, LeaseCore, LockBase, Owner, ReadWriteLockBase,
+    SemaphoreMixin, Spec, connection_kwargs, drift, extend_commands, log, node, plan,
+    read_timeout, reply_limit, to_ms, wait_ms,
 )
 from .errors import LockLost, NotAcquired, NotHeld, is_fence_refusal, translate
 
@@ -114,14 +115,13 @@ class _Scheduler:
                 conn.disconnect()
 
     def _extend(self, conn: Any, due: list[Lease]) -> Any:
-        """Send the due EXTENDs in one batch, each reply awaited no later than the earliest
-        deadline of any lease, so that a frozen server cannot hold a lease past its own."""
+        """Send the due EXTENDs in one batch and read the replies until `reply_limit`."""
         with self._io:
             with self._cond:
                 due = [lease for lease in due if lease in self._leases]
                 if not due:
                     return conn
-                limit = min(lease.deadline for lease in self._leases)
+                limit = reply_limit(self._leases)
             sent = time.monotonic()
             try:
                 if conn is None:
@@ -244,7 +244,7 @@ class Lease(LeaseCore):
             log.warning("release of %r failed; its lease ends on the server", self, exc_info=True)
 
 
-class Lock:
+class Lock(LockBase):
     """An exclusive lock on `key`.
 
     `ttl` is the lease in seconds. Without it the lease is 30 s and kept alive in the
@@ -252,14 +252,6 @@ class Lock:
     `keepalive=True`. `owner` defaults to one the server generates; `session=True` ties the
     hold to a connection of its own as well.
     """
-
-    def __init__(
-        self, client: Any, key: Key, ttl: float | None = None, *, owner: Owner | None = None,
-        session: bool = False, keepalive: bool | None = None,
-    ) -> None:
-        self._client = client
-        self._spec = Spec.make(key, ttl, owner, session, keepalive)
-        self._held: list[Lease] = []
 
     def acquire(self, wait: float | None = None) -> Lease:
         """Wait up to `wait` seconds (None: forever) for the lock, in the server's queue.
@@ -322,38 +314,13 @@ class Lock:
         self._held.pop().__exit__(kind, error, traceback)
 
 
-class ReadWriteLock:
-    """A read-write lock on `key`: `read()` gives shared holds, `write()` exclusive ones.
+class ReadWriteLock(ReadWriteLockBase[Lock]):
+    """A read-write lock on `key`: `read()` and `write()` are sync `Lock` views (shared and
+    exclusive) taking `Lock`'s arguments."""
 
-    The arguments are `Lock`'s, applied to both views.
-    """
-
-    def __init__(
-        self, client: Any, key: Key, ttl: float | None = None, *, owner: Owner | None = None,
-        session: bool = False, keepalive: bool | None = None,
-    ) -> None:
-        self._write = Lock(client, key, ttl, owner=owner, session=session, keepalive=keepalive)
-        self._read = Lock(client, key, ttl, owner=owner, session=session, keepalive=keepalive)
-        self._read._spec = self._read._spec.with_mode("SHARED")
-
-    def read(self) -> Lock:
-        """The shared (reader) view."""
-        return self._read
-
-    def write(self) -> Lock:
-        """The exclusive (writer) view."""
-        return self._write
+    _lock = Lock
 
 
-class Semaphore(Lock):
-    """A counting semaphore of `limit` permits on `key`; each lease holds `permits`.
-
-    The other arguments are `Lock`'s.
-    """
-
-    def __init__(
-        self, client: Any, key: Key, limit: int, ttl: float | None = None, *, permits: int = 1,
-        owner: Owner | None = None, session: bool = False, keepalive: bool | None = None,
-    ) -> None:
-        super().__init__(client, key, ttl, owner=owner, session=session, keepalive=keepalive)
-        self._spec = self._spec.with_mode("SEMAPHORE", limit, "PERMITS", permits)
+class Semaphore(SemaphoreMixin, Lock):
+    """A counting semaphore: `Semaphore(client, key, limit, ttl=None, *, permits=1, ...)`,
+    each lease holding `permits` of the `limit`; the other arguments are `Lock`'s."""
