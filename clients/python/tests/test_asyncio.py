@@ -63,6 +63,12 @@ class AsyncioTest(unittest.IsolatedAsyncioTestCase):
         self.key = "async:" + self.id().rsplit(".", 1)[-1]
         self.tasks = len(asyncio.all_tasks())
 
+        async def alone() -> bool:
+            return await self.connections() == 1
+
+        # Earlier tests' connections close asynchronously: start from this one alone.
+        await until("earlier connections to close", alone)
+
     async def asyncTearDown(self) -> None:
         await self.r.aclose()
 
@@ -103,6 +109,14 @@ class AsyncioTest(unittest.IsolatedAsyncioTestCase):
         async with Lock(self.r, self.key, 2).acquire() as fixed:
             self.assertFalse(fixed.keepalive)
             self.assertLessEqual(await self.r.pttl(self.key), 2_000)
+
+    async def test_a_dropped_lease_is_no_longer_kept_alive(self) -> None:
+        await Lock(self.r, self.key, 0.2, keepalive=True).acquire()
+        await self.assert_no_leftovers(1)
+        await until("the hold to end at its ttl", self.freed)
+
+    async def freed(self) -> bool:
+        return await info(self.r, self.key) is None
 
     async def test_try_acquire_and_a_wait_that_ends_without_grant(self) -> None:
         holder = await Lock(self.r, self.key, 10).acquire()

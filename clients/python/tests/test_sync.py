@@ -51,11 +51,15 @@ class SyncTest(unittest.TestCase):
         self.r = self.server.client()
         self.key = self.id().rsplit(".", 1)[-1]
         self.threads = threading.active_count()
+        # Earlier tests' connections close asynchronously: start from this one alone.
+        wait_until("earlier connections to close", lambda: connection_count(self.r) == 1)
 
     def tearDown(self) -> None:
         self.r.close()
 
     def assert_no_leftovers(self, connections: int) -> None:
+        """No keepalive thread or dedicated connection is left, nor any other connection
+        beyond `connections`."""
         wait_until("the keepalive thread to end", lambda: threading.active_count() == self.threads)
         wait_until("the extra connections to close",
                    lambda: connection_count(self.r) == connections)
@@ -97,7 +101,13 @@ class SyncTest(unittest.TestCase):
         self.assertFalse(fixed.keepalive)
         self.assertLessEqual(self.r.pttl(self.key), 2_000)
         fixed.release()
-        self.assertTrue(Lock(self.r, self.key, 2, keepalive=True).acquire().keepalive)
+        with Lock(self.r, self.key, 2, keepalive=True).acquire() as kept:
+            self.assertTrue(kept.keepalive)
+
+    def test_a_dropped_lease_is_no_longer_kept_alive(self) -> None:
+        Lock(self.r, self.key, 0.2, keepalive=True).acquire()
+        wait_until("the keepalive thread to end", lambda: threading.active_count() == self.threads)
+        wait_until("the hold to end at its ttl", lambda: info(self.r, self.key) is None)
 
     def test_try_acquire_and_a_wait_that_ends_without_grant(self) -> None:
         holder = Lock(self.r, self.key, 10).acquire()
@@ -214,6 +224,7 @@ class SyncTest(unittest.TestCase):
                 raise KeyError("x")
         self.assertIsNone(info(self.r, self.key))
         self.assert_no_leftovers(1)
+        self.assertEqual(client_ids(self.r, "dlock-keepalive"), [])
 
     def test_10000_sequential_leases_leave_no_thread_or_connection(self) -> None:
         connections = connection_count(self.r)

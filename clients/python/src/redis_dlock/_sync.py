@@ -48,13 +48,14 @@ def _reply(conn: Any, limit: float) -> Any:
 class _Scheduler:
     """Keeps one connection pool's leases: a daemon thread, started with the first lease and
     joined when the last one goes, that extends them on its own connection and marks them
-    lost at their deadline."""
+    lost at their deadline. It holds them weakly: a lease dropped without release is no
+    longer kept alive, and its hold ends at its ttl on the server."""
 
     def __init__(self, pool: Any) -> None:
         self._pool = pool
         self._cond = threading.Condition()
         self._io = threading.Lock()
-        self._leases: set[Lease] = set()
+        self._leases: weakref.WeakSet[Lease] = weakref.WeakSet()
         self._thread: threading.Thread | None = None
 
     @classmethod

@@ -61,7 +61,7 @@ class _Scheduler:
         self._pool = pool
         self._wake = asyncio.Event()
         self._io = asyncio.Lock()
-        self._leases: set[Lease] = set()
+        self._leases: weakref.WeakSet[Lease] = weakref.WeakSet()
         self._task: asyncio.Task[None] | None = None
 
     @classmethod
