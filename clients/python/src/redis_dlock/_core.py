@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Generic, Iterable, Self, TypeVar
+from typing import Any, Callable, Generic, Iterable, TypeVar
 
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -121,7 +121,7 @@ class LeaseCore:
         self.next_extend: float = 0.0
         self.ttl_ms: int = spec.ttl_ms
         self._state = threading.Lock()
-        self._callbacks: list[Callable[[Self], Any]] = []
+        self._callbacks: list[Callable[[Any], Any]] = []
         self._released = False
         self.renewed(sent, spec.ttl_ms)
 
@@ -152,7 +152,7 @@ class LeaseCore:
         """Not lost, not released, and the deadline has not passed."""
         return not self.lost.is_set() and not self._released and time.monotonic() < self.deadline
 
-    def on_lost(self, callback: Callable[[Self], Any]) -> None:
+    def on_lost(self, callback: Callable[[Any], Any]) -> None:
         """Call `callback(lease)` when the lease is lost (at once if it already is).
 
         It runs in the keepalive thread (sync) or on the event loop (asyncio): keep it short.
@@ -264,9 +264,10 @@ class ReadWriteLockBase(Generic[L]):
         self, client: Any, key: Key, ttl: float | None = None, *, owner: Owner | None = None,
         session: bool = False, keepalive: bool | None = None,
     ) -> None:
-        options = dict(owner=owner, session=session, keepalive=keepalive)
-        self._write = self._lock(client, key, ttl, **options)
-        self._read = self._lock(client, key, ttl, **options)
+        self._write = self._lock(client, key, ttl, owner=owner, session=session,
+                                 keepalive=keepalive)
+        self._read = self._lock(client, key, ttl, owner=owner, session=session,
+                                keepalive=keepalive)
         self._read._spec = self._read._spec.with_mode("SHARED")
 
     def read(self) -> L:

@@ -167,14 +167,15 @@ class Lease(LeaseCore):
         self._watcher: threading.Thread | None = None
         self._scheduler.add(self)
         if session is not None:
-            self._watcher = threading.Thread(target=self._watch, name=SESSION_NAME, daemon=True)
+            self._watcher = threading.Thread(
+                target=self._watch, args=(session,), name=SESSION_NAME, daemon=True)
             self._watcher.start()
 
-    def _watch(self) -> None:
+    def _watch(self, session: Any) -> None:
         # The server never writes to an idle session connection: anything read (an EOF, an
         # error) means the connection, and with it the hold, is gone.
         try:
-            self._session.read_response()
+            session.read_response()
         except Exception:
             pass
         self._lose()
@@ -211,11 +212,11 @@ class Lease(LeaseCore):
         finally:
             if self._session is not None:
                 self._session.disconnect()
-                if self._watcher is not threading.current_thread():
-                    self._watcher.join()
+            if self._watcher is not None and self._watcher is not threading.current_thread():
+                self._watcher.join()
         if strict and not held:
             raise NotHeld(f"the server no longer had the lease on {self.key!r}")
-        return held
+        return bool(held)
 
     def guard(self, *command: Any) -> Any:
         """Run `command` through DLOCK.GUARD with this lease's token; its reply.

@@ -170,13 +170,14 @@ class Lease(LeaseCore):
         self._watcher: asyncio.Task[None] | None = None
         self._scheduler.add(self)
         if session is not None:
-            self._watcher = asyncio.get_running_loop().create_task(self._watch(), name=SESSION_NAME)
+            self._watcher = asyncio.get_running_loop().create_task(
+                self._watch(session), name=SESSION_NAME)
 
-    async def _watch(self) -> None:
+    async def _watch(self, session: Any) -> None:
         # The server never writes to an idle session connection: anything read (an EOF, an
         # error) means the connection, and with it the hold, is gone.
         try:
-            await self._session.read_response()
+            await session.read_response()
         except Exception:
             pass
         await self._lose()
@@ -209,16 +210,16 @@ class Lease(LeaseCore):
             return False
         await self._scheduler.remove(self)
         try:
-            reply = await self._client.execute_command("DLOCK.RELEASE", self.key, self.owner)
+            held = await self._client.execute_command("DLOCK.RELEASE", self.key, self.owner) == 1
         finally:
             if self._watcher is not None and self._watcher is not asyncio.current_task():
                 self._watcher.cancel()
                 await asyncio.gather(self._watcher, return_exceptions=True)
             if self._session is not None:
                 await self._session.disconnect()
-        if strict and reply != 1:
+        if strict and not held:
             raise NotHeld(f"the server no longer had the lease on {self.key!r}")
-        return reply == 1
+        return bool(held)
 
     async def guard(self, *command: Any) -> Any:
         """Run `command` through DLOCK.GUARD with this lease's token; its reply.
