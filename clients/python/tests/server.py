@@ -64,8 +64,8 @@ class Server:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and self.process.poll() is None:
             try:
-                info = self.client().info("server")
-                return info["process_id"] == self.process.pid
+                with self.client() as probe:
+                    return probe.info("server")["process_id"] == self.process.pid
             except redis.ConnectionError:
                 time.sleep(0.01)
         return False

@@ -51,10 +51,7 @@ class AsyncioTest(unittest.IsolatedAsyncioTestCase):
     @classmethod
     def setUpClass(cls) -> None:
         cls.server = Server()
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        cls.server.stop()
+        cls.addClassCleanup(cls.server.stop)
 
     async def asyncSetUp(self) -> None:
         # IsolatedAsyncioTestCase runs the loop in debug mode, several times slower.
@@ -144,14 +141,12 @@ class AsyncioTest(unittest.IsolatedAsyncioTestCase):
 
     async def test_module_not_loaded_says_how_to_load_it(self) -> None:
         bare = Server(module=False)
-        try:
-            client = bare.async_client()
-            with self.assertRaises(ModuleNotLoaded) as caught:
-                await Lock(client, self.key).acquire()
-            self.assertIn("MODULE LOAD /path/to/libdlock.so", str(caught.exception))
-            await client.aclose()
-        finally:
-            bare.stop()
+        self.addCleanup(bare.stop)
+        client = bare.async_client()
+        with self.assertRaises(ModuleNotLoaded) as caught:
+            await Lock(client, self.key).acquire()
+        self.assertIn("MODULE LOAD /path/to/libdlock.so", str(caught.exception))
+        await client.aclose()
 
     async def test_keepalive_holds_a_100ms_lease_for_5s(self) -> None:
         extends = await self.extends()
@@ -247,6 +242,23 @@ class AsyncioTest(unittest.IsolatedAsyncioTestCase):
         await entered.wait()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+        self.assertIsNone(await info(self.r, self.key))
+
+    async def test_a_cancelled_wait_leaves_the_queue(self) -> None:
+        holder = await Lock(self.r, self.key, 10).acquire()
+        waiting = asyncio.create_task(Lock(self.r, self.key, 10).acquire())
+
+        async def queued() -> bool:
+            return (await info(self.r, self.key))["waiters"] == 1
+
+        async def left() -> bool:
+            return (await info(self.r, self.key))["waiters"] == 0
+
+        await until("the waiter to queue", queued)
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
+        await until("the waiter to leave the queue", left)
+        self.assertTrue(await holder.release())
         self.assertIsNone(await info(self.r, self.key))
 
     async def test_10000_sequential_leases_leave_no_task_or_connection(self) -> None:

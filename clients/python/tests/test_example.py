@@ -14,13 +14,11 @@ PACKAGE = Path(__file__).resolve().parents[1]
 class ExampleTest(unittest.TestCase):
     def test_the_lock_example_runs(self) -> None:
         server = Server()
-        try:
-            env = dict(os.environ, PYTHONPATH=str(PACKAGE / "src"))
-            run = subprocess.run(
-                [sys.executable, str(PACKAGE / "examples/lock.py"), str(server.port)],
-                capture_output=True, text=True, env=env, timeout=60)
-        finally:
-            server.stop()
+        self.addCleanup(server.stop)
+        env = dict(os.environ, PYTHONPATH=str(PACKAGE / "src"))
+        run = subprocess.run(
+            [sys.executable, str(PACKAGE / "examples/lock.py"), str(server.port)],
+            capture_output=True, text=True, env=env, timeout=60)
         self.assertEqual(run.returncode, 0, run.stdout + run.stderr)
         self.assertEqual(run.stdout.splitlines(), [
             "acquired, token is a number",

@@ -8,6 +8,8 @@ import unittest
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from redis_dlock import (
     Lease, Lock, LockLost, ModuleNotLoaded, NotAcquired, NotHeld, ReadWriteLock, Semaphore,
@@ -42,10 +44,7 @@ class SyncTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls) -> None:
         cls.server = Server()
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        cls.server.stop()
+        cls.addClassCleanup(cls.server.stop)
 
     def setUp(self) -> None:
         self.r = self.server.client()
@@ -135,12 +134,27 @@ class SyncTest(unittest.TestCase):
 
     def test_module_not_loaded_says_how_to_load_it(self) -> None:
         bare = Server(module=False)
-        try:
-            with self.assertRaises(ModuleNotLoaded) as caught:
-                Lock(bare.client(), self.key).acquire()
-            self.assertIn("MODULE LOAD /path/to/libdlock.so", str(caught.exception))
-        finally:
-            bare.stop()
+        self.addCleanup(bare.stop)
+        with self.assertRaises(ModuleNotLoaded) as caught:
+            Lock(bare.client(), self.key).acquire()
+        self.assertIn("MODULE LOAD /path/to/libdlock.so", str(caught.exception))
+
+    def test_release_that_cannot_reach_the_server(self) -> None:
+        gone = Server()
+        self.addCleanup(gone.stop)
+        r = gone.client(retry=Retry(NoBackoff(), 0))
+        first = Lock(r, self.key, 10).acquire()
+        second = Lock(r, f"{self.key}:2", 10).acquire()
+        gone.stop()
+        with self.assertLogs("redis_dlock", "WARNING") as logged:
+            with first:
+                pass
+        self.assertIn("its lease ends on the server", logged.output[0])
+        with self.assertRaises(redis.ConnectionError):
+            second.release()
+        self.assertTrue(first.released and second.released)
+        r.close()
+        wait_until("the keepalive thread to end", lambda: threading.active_count() == self.threads)
 
     def test_keepalive_holds_a_100ms_lease_for_5s(self) -> None:
         extends = calls(self.r, "dlock.extend")

@@ -10,7 +10,8 @@ import math
 import time
 import weakref
 from types import TracebackType
-from typing import Any, Awaitable, Generator
+from collections.abc import Coroutine, Generator
+from typing import Any
 
 from redis.exceptions import ConnectionError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -250,16 +251,25 @@ class Lease(LeaseCore):
             log.warning("release of %r failed; its lease ends on the server", self, exc_info=True)
 
 
-class _Acquiring:
-    """What `acquire()` returns: await it for the lease, or `async with` it to release the
-    lease on exit."""
+class _Acquiring(Coroutine[Any, Any, Lease]):
+    """What `acquire()` returns: a coroutine (await it, or make it a task) giving the lease,
+    and an async context manager releasing that lease on exit."""
 
-    def __init__(self, lease: Awaitable[Lease]) -> None:
+    def __init__(self, lease: Coroutine[Any, Any, Lease]) -> None:
         self._pending = lease
         self._lease: Lease | None = None
 
     def __await__(self) -> Generator[Any, None, Lease]:
         return self._pending.__await__()
+
+    def send(self, value: Any) -> Any:
+        return self._pending.send(value)
+
+    def throw(self, *error: Any) -> Any:
+        return self._pending.throw(*error)
+
+    def close(self) -> None:
+        self._pending.close()
 
     async def __aenter__(self) -> Lease:
         self._lease = await self._pending
