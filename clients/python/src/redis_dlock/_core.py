@@ -50,9 +50,12 @@ def wait_ms(wait: float | None) -> int | None:
     return to_ms(wait) if wait > 0 else None
 
 
-def read_timeout(wait: int | None) -> float | None:
-    """The read timeout of an ACQUIRE with WAIT `wait` ms: none for a forever wait."""
-    return None if wait == 0 else (wait or 0) / 1000 + WAIT_MARGIN
+def read_timeout(wait: int | None, usual: float | None) -> float | None:
+    """The read timeout of an ACQUIRE with WAIT `wait` ms: the client's `usual` one without
+    WAIT, none for a forever wait."""
+    if wait is None:
+        return usual
+    return None if wait == 0 else wait / 1000 + WAIT_MARGIN
 
 
 def drift(ttl_ms: int) -> float:

@@ -277,7 +277,8 @@ class Lock(LockBase):
         try:
             sent = time.monotonic()
             conn.send_command(*self._spec.acquire_args(wait))
-            if wait is not None and not conn.can_read(read_timeout(wait)):
+            usual = pool.connection_kwargs.get("socket_timeout")
+            if not conn.can_read(read_timeout(wait, usual)):
                 raise TimeoutError(f"no reply to DLOCK.ACQUIRE {self._spec.key!r} in time")
             granted = self._spec.grant(conn.read_response())
             if granted is not None and time.monotonic() - sent > drift(self._spec.ttl_ms):

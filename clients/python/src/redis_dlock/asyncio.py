@@ -318,7 +318,7 @@ class Lock(LockBase):
         granted = None
         try:
             sent = time.monotonic()
-            limit = read_timeout(wait) if wait is not None else own_timeout
+            limit = read_timeout(wait, pool.connection_kwargs.get("socket_timeout"))
             try:
                 async with asyncio.timeout(limit):
                     await conn.send_command(*self._spec.acquire_args(wait))
