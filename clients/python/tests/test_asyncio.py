@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 import unittest
 from typing import Any, Awaitable, Callable
@@ -156,7 +157,8 @@ class AsyncioTest(unittest.IsolatedAsyncioTestCase):
             self.assertEqual((await info(self.r, self.key))["token"], lease.token)
             self.assertIsNone(await Lock(self.r, self.key, 1).try_acquire())
         done = await self.extends() - extends
-        print(f"\nasyncio keepalive: {done} extends in 5 s at ttl 100 ms", end=" ")
+        print(f"\nasyncio keepalive: {done} extends in 5 s at ttl 100 ms", end=" ",
+              file=sys.stderr)
         self.assertGreaterEqual(done, 100)
 
     async def test_client_pause_past_the_deadline_signals_lost_in_time(self) -> None:
@@ -375,7 +377,7 @@ class AsyncioTest(unittest.IsolatedAsyncioTestCase):
         await self.r.execute_command("CLIENT", "KILL", "ID", session)
         self.assertTrue(await lost_within(lease, 1))
         print(f"\nasyncio session: lost {(time.monotonic() - killed) * 1000:.2f} ms after "
-              "CLIENT KILL", end=" ")
+              "CLIENT KILL", end=" ", file=sys.stderr)
         successor = await Lock(self.r, self.key, 10).try_acquire()
         self.assertIsNotNone(successor)
         self.assertFalse(await lease.release())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 import unittest
@@ -34,7 +35,8 @@ def report_margin(test: str, lease: Lease, lost_at: float) -> None:
     before_local = (lease.deadline - lost_at) * 1000
     before_server = before_local + drift(lease.ttl_ms) * 1000
     print(f"\n{test}: lost fired {before_local:.2f} ms before the local deadline, "
-          f"{before_server:.2f} ms before the lease's end on the server", end=" ")
+          f"{before_server:.2f} ms before the lease's end on the server", end=" ",
+          file=sys.stderr)
     assert before_server > 0, f"lost fired {-before_server:.2f} ms after the server's lease end"
 
 
@@ -164,7 +166,7 @@ class SyncTest(unittest.TestCase):
             self.assertEqual(info(self.r, self.key)["token"], lease.token)
             self.assertIsNone(Lock(self.r, self.key, 1).try_acquire())
         done = calls(self.r, "dlock.extend") - extends
-        print(f"\nkeepalive: {done} extends in 5 s at ttl 100 ms", end=" ")
+        print(f"\nkeepalive: {done} extends in 5 s at ttl 100 ms", end=" ", file=sys.stderr)
         self.assertGreaterEqual(done, 100)
 
     def test_client_pause_past_the_deadline_signals_lost_in_time(self) -> None:
@@ -355,7 +357,7 @@ class SyncTest(unittest.TestCase):
         self.r.execute_command("CLIENT", "KILL", "ID", session)
         self.assertTrue(lease.lost.wait(1))
         print(f"\nsession: lost {(time.monotonic() - killed) * 1000:.2f} ms after CLIENT KILL",
-              end=" ")
+              end=" ", file=sys.stderr)
         successor = Lock(self.r, self.key, 10).try_acquire()
         self.assertIsNotNone(successor)
         self.assertFalse(lease.release())
