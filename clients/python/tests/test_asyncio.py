@@ -290,6 +290,24 @@ class AsyncioTest(unittest.IsolatedAsyncioTestCase):
             self.assertTrue(await lease.release())
         await self.assert_no_leftovers(connections)
 
+    async def test_tasks_sharing_one_semaphore_object_release_their_own_leases(self) -> None:
+        semaphore = Semaphore(self.r, self.key, 2, 10)
+        entered, leave = asyncio.Event(), asyncio.Event()
+
+        async def first() -> None:
+            async with semaphore:
+                entered.set()
+                await leave.wait()
+
+        task = asyncio.create_task(first())
+        await entered.wait()
+        async with semaphore as lease:
+            leave.set()
+            await task
+            self.assertFalse(lease.released)
+            self.assertEqual((await info(self.r, self.key))["holders_count"], 1)
+        self.assertIsNone(await info(self.r, self.key))
+
     async def test_contenders_are_served_first_come_first_served(self) -> None:
         holder = await Lock(self.r, self.key, 10).acquire()
         order: list[int] = []

@@ -266,6 +266,25 @@ class SyncTest(unittest.TestCase):
         self.assertTrue(all(lease.release() for lease in leases))
         self.assert_no_leftovers(connections)
 
+    def test_threads_sharing_one_semaphore_object_release_their_own_leases(self) -> None:
+        semaphore = Semaphore(self.r, self.key, 2, 10)
+        entered, leave = threading.Event(), threading.Event()
+
+        def first() -> None:
+            with semaphore:
+                entered.set()
+                leave.wait(5)
+
+        thread = threading.Thread(target=first)
+        thread.start()
+        entered.wait(5)
+        with semaphore as lease:
+            leave.set()
+            thread.join()
+            self.assertFalse(lease.released)
+            self.assertEqual(info(self.r, self.key)["holders_count"], 1)
+        self.assertIsNone(info(self.r, self.key))
+
     def test_contenders_are_served_first_come_first_served(self) -> None:
         holder = Lock(self.r, self.key, 10).acquire()
         order: list[int] = []

@@ -241,7 +241,8 @@ def node(client: Any, key: Key) -> Any:
 
 
 class LockBase:
-    """What every lock object holds: the client and how it acquires."""
+    """What every lock object holds: the client, how it acquires, and the leases its `with`
+    blocks hold, per thread or task, so that threads and tasks can share one lock object."""
 
     def __init__(
         self, client: Any, key: Key, ttl: float | None = None, *, owner: Owner | None = None,
@@ -249,7 +250,19 @@ class LockBase:
     ) -> None:
         self._client = client
         self._spec = Spec.make(key, ttl, owner, session, keepalive)
-        self._held: list[Any] = []
+        self._held: dict[Any, list[Any]] = {}
+
+    def _entered(self, holder: Any, lease: Any) -> None:
+        """Remember the lease a `with` block of `holder` (a thread or task) acquired."""
+        self._held.setdefault(holder, []).append(lease)
+
+    def _exiting(self, holder: Any) -> Any:
+        """The lease of `holder`'s innermost `with` block, forgotten."""
+        leases = self._held[holder]
+        lease = leases.pop()
+        if not leases:
+            del self._held[holder]
+        return lease
 
 
 L = TypeVar("L", bound=LockBase)

@@ -307,14 +307,14 @@ class Lock(LockBase):
 
     def __enter__(self) -> Lease:
         lease = self.acquire()
-        self._held.append(lease)
+        self._entered(threading.get_ident(), lease)
         return lease
 
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self._held.pop().__exit__(kind, error, traceback)
+        self._exiting(threading.get_ident()).__exit__(kind, error, traceback)
 
 
 class ReadWriteLock(ReadWriteLockBase[Lock]):

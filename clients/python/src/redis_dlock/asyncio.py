@@ -354,14 +354,14 @@ class Lock(LockBase):
 
     async def __aenter__(self) -> Lease:
         lease = await self.acquire()
-        self._held.append(lease)
+        self._entered(asyncio.current_task(), lease)
         return lease
 
     async def __aexit__(
         self, kind: type[BaseException] | None, error: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        await self._held.pop().__aexit__(kind, error, traceback)
+        await self._exiting(asyncio.current_task()).__aexit__(kind, error, traceback)
 
 
 class ReadWriteLock(ReadWriteLockBase[Lock]):
