@@ -1,0 +1,15 @@
+"""Locks, read-write locks and semaphores on the dlock Redis module, for redis-py.
+
+`Lock(client, key).acquire()` returns a `Lease`: the fencing token, the owner, a local
+validity deadline, a keepalive that renews it in the background, and a `lost` event that is
+set no later than that deadline when the lease cannot be kept. `redis_dlock.asyncio` offers
+the same names for `redis.asyncio.Redis`.
+"""
+
+from ._sync import Lease, Lock, ReadWriteLock, Semaphore
+from .errors import DlockError, LockLost, ModuleNotLoaded, NotAcquired, NotHeld
+
+__all__ = [
+    "DlockError", "Lease", "Lock", "LockLost", "ModuleNotLoaded", "NotAcquired", "NotHeld",
+    "ReadWriteLock", "Semaphore",
+]

@@ -1,0 +1,376 @@
+"""The same API for `redis.asyncio.Redis`: `await lock.acquire()`, `async with lock as lease`.
+
+`Lease.lost` is an `asyncio.Event`; the keepalive is one task per connection pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+import weakref
+from types import TracebackType
+from collections.abc import Coroutine, Generator
+from typing import Any
+
+from redis.exceptions import ConnectionError, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from ._core import (
+    KEEPALIVE_NAME, SESSION_NAME, LeaseCore, LockBase, Owner, ReadWriteLockBase,
+    SemaphoreMixin, Spec, connection_kwargs, drift, extend_commands, log, node, plan,
+    read_timeout, reply_limit, to_ms, wait_ms,
+)
+from .errors import (
+    DlockError, LockLost, ModuleNotLoaded, NotAcquired, NotHeld, is_fence_refusal, translate,
+)
+
+__all__ = [
+    "DlockError", "Lease", "Lock", "LockLost", "ModuleNotLoaded", "NotAcquired", "NotHeld",
+    "ReadWriteLock", "Semaphore",
+]
+
+_schedulers: weakref.WeakKeyDictionary[Any, _Scheduler] = weakref.WeakKeyDictionary()
+
+
+async def _connect(pool: Any, name: str) -> Any:
+    conn = pool.connection_class(**connection_kwargs(pool, name, None))
+    await conn.connect()
+    return conn
+
+
+async def _pooled(pool: Any) -> Any:
+    try:
+        return await pool.get_connection()
+    except TypeError:  # redis-py before 5.3 wants a command name
+        return await pool.get_connection("DLOCK.ACQUIRE")
+
+
+async def _reply(conn: Any) -> Any:
+    try:
+        return await conn.read_response()
+    except ResponseError as error:
+        return error
+
+
+class _Scheduler:
+    """Keeps one connection pool's leases: a task, started with the first lease and awaited
+    when the last one goes, that extends them on its own connection and marks them lost at
+    their deadline."""
+
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+        self._wake = asyncio.Event()
+        self._io = asyncio.Lock()
+        self._leases: weakref.WeakSet[Lease] = weakref.WeakSet()
+        self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def of(cls, client: Any) -> _Scheduler:
+        pool = client.connection_pool
+        scheduler = _schedulers.get(pool)
+        if scheduler is None:
+            scheduler = _schedulers[pool] = cls(pool)
+        return scheduler
+
+    def add(self, lease: Lease) -> None:
+        self._leases.add(lease)
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name=KEEPALIVE_NAME)
+        self._wake.set()
+
+    async def remove(self, lease: Lease) -> None:
+        """Stop serving `lease`. Once this returns, no EXTEND of it is in flight or to come."""
+        self._leases.discard(lease)
+        task = None
+        if not self._leases:
+            task, self._task = self._task, None
+        self._wake.set()
+        if task is asyncio.current_task():
+            return
+        async with self._io:
+            pass
+        if task is not None:
+            await task
+
+    async def _run(self) -> None:
+        me = asyncio.current_task()
+        conn = None
+        try:
+            while self._task is me:
+                if not self._leases:
+                    self._task = None
+                    return
+                now = time.monotonic()
+                expired, due, wake = plan(self._leases, now)
+                if not expired and not due:
+                    self._wake.clear()
+                    try:
+                        async with asyncio.timeout(wake - now):
+                            await self._wake.wait()
+                    except TimeoutError:
+                        pass
+                    continue
+                self._leases.difference_update(expired)
+                for lease in expired:
+                    lease.mark_lost()
+                if due:
+                    conn = await self._extend(conn, due)
+        finally:
+            if conn is not None:
+                await conn.disconnect()
+
+    async def _extend(self, conn: Any, due: list[Lease]) -> Any:
+        """Send the due EXTENDs in one batch and read the replies until `reply_limit`."""
+        async with self._io:
+            due = [lease for lease in due if lease in self._leases]
+            if not due:
+                return conn
+            limit = reply_limit(self._leases)
+            sent = time.monotonic()
+            try:
+                async with asyncio.timeout(max(limit - sent, 0)):
+                    if conn is None:
+                        conn = await _connect(self._pool, KEEPALIVE_NAME)
+                    await conn.send_packed_command(conn.pack_commands(extend_commands(due)))
+                    replies = [await _reply(conn) for _ in due]
+            except (ConnectionError, RedisTimeoutError, TimeoutError, OSError):
+                if conn is not None:
+                    await conn.disconnect()
+                now = time.monotonic()
+                for lease in due:
+                    lease.retry_soon(now)
+                return None
+            lost = []
+            for lease, reply in zip(due, replies):
+                if reply == 1:
+                    lease.renewed(sent, lease.ttl_ms)
+                else:
+                    lost.append(lease)
+        self._leases.difference_update(lost)
+        for lease in lost:
+            lease.mark_lost()
+        return conn
+
+
+class Lease(LeaseCore):
+    """A granted hold: `token`, `owner`, `key`, `deadline` (time.monotonic() seconds).
+
+    `lost` is an `asyncio.Event`. Use `async with` to release on exit.
+    """
+
+    def __init__(
+        self, spec: Spec, token: int, owner: Owner, sent: float, client: Any,
+        session: Any | None,
+    ) -> None:
+        self.lost = asyncio.Event()
+        super().__init__(spec, token, owner, sent)
+        self._client = client
+        self._scheduler = _Scheduler.of(client)
+        self._session = session
+        self._watcher: asyncio.Task[None] | None = None
+        self._scheduler.add(self)
+        if session is not None:
+            self._watcher = asyncio.get_running_loop().create_task(
+                self._watch(session), name=SESSION_NAME)
+
+    async def _watch(self, session: Any) -> None:
+        # The server never writes to an idle session connection: anything read (an EOF, an
+        # error) means the connection, and with it the hold, is gone.
+        try:
+            await session.read_response()
+        except Exception:
+            pass
+        await self._lose()
+
+    async def _lose(self) -> None:
+        await self._scheduler.remove(self)
+        self.mark_lost()
+
+    async def extend(self, ttl: float | None = None) -> None:
+        """Renew the lease for `ttl` seconds (default: its current ttl), moving `deadline`.
+
+        Raises `LockLost` (and marks the lease lost) when the server no longer has it.
+        """
+        self.check()
+        ttl_ms = self.ttl_ms if ttl is None else to_ms(ttl)
+        sent = time.monotonic()
+        if await self._client.execute_command("DLOCK.EXTEND", self.key, self.owner, ttl_ms) != 1:
+            await self._lose()
+            raise LockLost(f"the lease on {self.key!r} (token {self.token}) is lost")
+        self.renewed(sent, ttl_ms)
+
+    async def release(self, strict: bool = False) -> bool:
+        """Release the lease: stop its keepalive, then send RELEASE.
+
+        Returns whether the server still had it; with `strict`, raises `NotHeld` instead of
+        returning False. A second call does nothing and returns False. Connection errors
+        propagate; the hold then ends at its lease on the server.
+        """
+        if not self.mark_released():
+            return False
+        await self._scheduler.remove(self)
+        try:
+            held = await self._client.execute_command("DLOCK.RELEASE", self.key, self.owner) == 1
+        finally:
+            if self._watcher is not None and self._watcher is not asyncio.current_task():
+                self._watcher.cancel()
+                await asyncio.gather(self._watcher, return_exceptions=True)
+            if self._session is not None:
+                await self._session.disconnect()
+        if strict and not held:
+            raise NotHeld(f"the server no longer had the lease on {self.key!r}")
+        return bool(held)
+
+    async def guard(self, *command: Any) -> Any:
+        """Run `command` through DLOCK.GUARD with this lease's token; its reply.
+
+        Raises `LockLost` without sending when the lease is lost or expired, and when the
+        server refuses the token (the lease is then marked lost).
+        """
+        self.check()
+        try:
+            return await self._client.execute_command(
+                "DLOCK.GUARD", self.key, self.token, *command)
+        except ResponseError as error:
+            if not is_fence_refusal(error):
+                raise
+            await self._lose()
+            raise LockLost(str(error)) from error
+
+    async def __aenter__(self) -> Lease:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        try:
+            await self.release()
+        except RedisError:
+            log.warning("release of %r failed; its lease ends on the server", self, exc_info=True)
+
+
+class _Acquiring(Coroutine[Any, Any, Lease]):
+    """What `acquire()` returns: a coroutine (await it, or make it a task) giving the lease,
+    and an async context manager releasing that lease on exit."""
+
+    def __init__(self, lease: Coroutine[Any, Any, Lease]) -> None:
+        self._pending = lease
+        self._lease: Lease | None = None
+
+    def __await__(self) -> Generator[Any, None, Lease]:
+        return self._pending.__await__()
+
+    def send(self, value: Any) -> Any:
+        return self._pending.send(value)
+
+    def throw(self, *error: Any) -> Any:
+        return self._pending.throw(*error)
+
+    def close(self) -> None:
+        self._pending.close()
+
+    async def __aenter__(self) -> Lease:
+        self._lease = await self._pending
+        return self._lease
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._lease is not None:
+            await self._lease.__aexit__(kind, error, traceback)
+
+
+class Lock(LockBase):
+    """An exclusive lock on `key`.
+
+    `ttl` is the lease in seconds. Without it the lease is 30 s and kept alive in the
+    background until released; with it the lease is exactly that long, unless
+    `keepalive=True`. `owner` defaults to one the server generates; `session=True` ties the
+    hold to a connection of its own as well.
+    """
+
+    def acquire(self, wait: float | None = None) -> _Acquiring:
+        """Wait up to `wait` seconds (None: forever) for the lock, in the server's queue.
+
+        Await it for the `Lease`, or `async with` it. Raises `NotAcquired` when the wait
+        ends without a grant.
+        """
+        return _Acquiring(self._acquire_or_raise(wait))
+
+    async def _acquire_or_raise(self, wait: float | None) -> Lease:
+        lease = await self._acquire(wait_ms(wait))
+        if lease is None:
+            raise NotAcquired(f"{self._spec.key!r} was not granted within {wait} s")
+        return lease
+
+    async def try_acquire(self) -> Lease | None:
+        """Take the lock if it is free now; None otherwise."""
+        return await self._acquire(None)
+
+    async def _acquire(self, wait: int | None) -> Lease | None:
+        client = node(self._client, self._spec.key)
+        pool = client.connection_pool
+        conn = await _connect(pool, SESSION_NAME) if self._spec.session else await _pooled(pool)
+        own_timeout, conn.socket_timeout = conn.socket_timeout, None
+        granted = None
+        try:
+            sent = time.monotonic()
+            limit = read_timeout(wait, pool.connection_kwargs.get("socket_timeout"))
+            try:
+                async with asyncio.timeout(limit):
+                    await conn.send_command(*self._spec.acquire_args(wait))
+                    granted = self._spec.grant(await conn.read_response())
+            except TimeoutError:
+                raise RedisTimeoutError(
+                    f"no reply to DLOCK.ACQUIRE {self._spec.key!r} in time") from None
+            if granted is not None and time.monotonic() - sent > drift(self._spec.ttl_ms):
+                # Granted after waiting, at an unknown moment since `sent`: restart the lease
+                # so that its deadline counts from a known send time.
+                sent = time.monotonic()
+                await conn.send_command(
+                    "DLOCK.EXTEND", self._spec.key, granted[1], self._spec.ttl_ms)
+                if await conn.read_response() != 1:
+                    sent = -math.inf
+        except ResponseError as error:
+            raise translate(error) from None
+        except BaseException:
+            # A request may still be pending on this connection: never reuse it.
+            await conn.disconnect()
+            raise
+        finally:
+            conn.socket_timeout = own_timeout
+            if self._spec.session:
+                if granted is None:
+                    await conn.disconnect()
+            else:
+                await pool.release(conn)
+        if granted is None:
+            return None
+        token, owner = granted
+        return Lease(self._spec, token, owner, sent, client, conn if self._spec.session else None)
+
+    async def __aenter__(self) -> Lease:
+        lease = await self.acquire()
+        self._entered(asyncio.current_task(), lease)
+        return lease
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self._exiting(asyncio.current_task()).__aexit__(kind, error, traceback)
+
+
+class ReadWriteLock(ReadWriteLockBase[Lock]):
+    """A read-write lock on `key`: `read()` and `write()` are asyncio `Lock` views (shared and
+    exclusive) taking `Lock`'s arguments."""
+
+    _lock = Lock
+
+
+class Semaphore(SemaphoreMixin, Lock):
+    """A counting semaphore: `Semaphore(client, key, limit, ttl=None, *, permits=1, ...)`,
+    each lease holding `permits` of the `limit`; the other arguments are `Lock`'s."""
