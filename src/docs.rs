@@ -68,6 +68,11 @@ const fn arg(name: &'static CStr, kind: ArgKind, summary: &'static CStr) -> Arg 
     }
 }
 
+/// An owner that must hold the lock for the command to act.
+const HOLDER: Arg = arg(c"owner", ArgKind::String, c"The owner that holds the lock.");
+
+const LOG_N: &CStr = c"O(log N) where N is the number of holders of the key.";
+
 const KEY: Arg = arg(c"key", ArgKind::Key, c"The lock's key.");
 const OWNER: Arg = arg(
     c"owner",
@@ -135,29 +140,25 @@ pub const RELEASE: Doc = Doc {
     complexity: c"O(log N) where N is the number of holders of the key; each waiter it lets in is then granted in O(log N).",
     arity: 3,
     key_specs: &first_key(raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_DELETE),
-    args: &[KEY, arg(c"owner", ArgKind::String, c"The owner that holds the lock.")],
+    args: &[KEY, HOLDER],
 };
 
 pub const EXTEND: Doc = Doc {
     summary: c"Sets the lease of a lock held by the owner to a new length from now.",
-    complexity: c"O(log N) where N is the number of holders of the key.",
+    complexity: LOG_N,
     arity: 4,
     key_specs: &first_key(RW_UPDATE),
-    args: &[
-        KEY,
-        arg(c"owner", ArgKind::String, c"The owner that holds the lock."),
-        TTL,
-    ],
+    args: &[KEY, HOLDER, TTL],
 };
 
 pub const FENCE: Doc = Doc {
     summary: c"Raises the fencing token of a lock held by the owner, and this server's token clock, to at least the given token (for quorum locks across servers); replies the hold's token after, or nil when the owner does not hold the lock.",
-    complexity: c"O(log N) where N is the number of holders of the key.",
+    complexity: LOG_N,
     arity: 4,
     key_specs: &first_key(RW_UPDATE),
     args: &[
         KEY,
-        arg(c"owner", ArgKind::String, c"The owner that holds the lock."),
+        HOLDER,
         arg(c"token", ArgKind::Integer, c"The token to raise the hold's token to: the highest a quorum of servers granted."),
     ],
 };

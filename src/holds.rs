@@ -674,6 +674,27 @@ struct Node {
     max_token: i64,
 }
 
+impl Node {
+    /// What the subtree at this node adds up to.
+    fn sum(&self) -> Sum {
+        Sum {
+            holds: self.holds,
+            permits: self.permits,
+            min_token: self.min_token,
+            max_token: self.max_token,
+        }
+    }
+
+    fn set(&mut self, left: u32, right: u32, sum: Sum) {
+        self.left = left;
+        self.right = right;
+        self.holds = sum.holds;
+        self.permits = sum.permits;
+        self.min_token = sum.min_token;
+        self.max_token = sum.max_token;
+    }
+}
+
 /// A treap (a binary search tree kept balanced by random priorities) of nodes ordered by
 /// (lease end, id); freed nodes form a list through `left`.
 #[derive(Clone, Debug)]
@@ -758,12 +779,7 @@ impl Tree {
     }
 
     fn sum(&self, id: u32) -> Sum {
-        self.node(id).map_or(Sum::NONE, |n| Sum {
-            holds: n.holds,
-            permits: n.permits,
-            min_token: n.min_token,
-            max_token: n.max_token,
-        })
+        self.node(id).map_or(Sum::NONE, Node::sum)
     }
 
     /// Set the children of `id` and what its subtree adds up to.
@@ -771,12 +787,7 @@ impl Tree {
         let (l, r) = (self.sum(left), self.sum(right));
         if let Some(node) = self.nodes.get_mut(id as usize) {
             let sum = l.join(Tree::own(node)).join(r);
-            node.left = left;
-            node.right = right;
-            node.holds = sum.holds;
-            node.permits = sum.permits;
-            node.min_token = sum.min_token;
-            node.max_token = sum.max_token;
+            node.set(left, right, sum);
         }
     }
 
@@ -858,18 +869,8 @@ impl Tree {
     /// cache miss on every level of the path.
     fn set_children(&mut self, id: u32, left: u32, right: u32, change: impl Fn(Sum) -> Sum) {
         if let Some(node) = self.nodes.get_mut(id as usize) {
-            let sum = change(Sum {
-                holds: node.holds,
-                permits: node.permits,
-                min_token: node.min_token,
-                max_token: node.max_token,
-            });
-            node.left = left;
-            node.right = right;
-            node.holds = sum.holds;
-            node.permits = sum.permits;
-            node.min_token = sum.min_token;
-            node.max_token = sum.max_token;
+            let sum = change(node.sum());
+            node.set(left, right, sum);
         }
     }
 
