@@ -6,7 +6,17 @@ use std::time::{Duration, Instant};
 
 /// The lost signal fires this long before the deadline, so that a late wake-up of the
 /// scheduler still signals before it.
-pub(crate) const LOST_EARLY: Duration = Duration::from_millis(2);
+pub(crate) const LOST_EARLY: Duration = Duration::from_millis(3);
+
+/// A command the scheduler sends gets 3/4 of the time left before the first lost signal is
+/// due, less this: a socket timeout can end later than asked, by up to 1/8 of it (Linux's timer
+/// wheel coarsens long timeouts: 32 ms steps from 256 ms on) plus a tick, while the lost
+/// signal itself is timed by a precise sleep.
+pub(crate) const IO_SLACK: Duration = Duration::from_millis(8);
+
+/// No command is started with less time than this for its reply (a shorter socket timeout
+/// still lasts a tick or two).
+const MIN_IO: Duration = Duration::from_millis(10);
 
 /// How often a session lease's connection is checked (or its ttl/3 when shorter).
 pub(crate) const SESSION_CHECK: Duration = Duration::from_millis(250);
@@ -151,15 +161,21 @@ impl LeaseState {
         inner.released.is_some() || inner.releasing
     }
 
-    /// A successful EXTEND of `ttl` sent at `sent`.
+    /// A successful EXTEND of `ttl` sent at `sent`. A reply that comes after the deadline
+    /// cannot bring the lease back (`is_lost` already says it is lost): it is marked lost.
     pub fn extended(&self, sent: Instant, ttl: Duration) {
         let due = self.due_after(sent, ttl);
         let mut inner = self.lock();
-        if !inner.lost {
-            inner.ttl = ttl;
-            inner.deadline = deadline_after(sent, ttl);
-            inner.next_due = due;
+        if inner.lost {
+            return;
         }
+        if Instant::now() >= inner.deadline {
+            drop(inner);
+            return self.mark_lost();
+        }
+        inner.ttl = ttl;
+        inner.deadline = deadline_after(sent, ttl);
+        inner.next_due = due;
     }
 
     /// A successful session check at `at`.
@@ -307,7 +323,10 @@ pub(crate) enum Work {
 #[derive(Default)]
 pub(crate) struct Registry {
     pub leases: Vec<Arc<LeaseState>>,
+    /// The renewing thread or task runs.
     pub running: bool,
+    /// The blocking client's deadline thread runs.
+    pub watching: bool,
 }
 
 impl Registry {
@@ -317,6 +336,31 @@ impl Registry {
 
     pub fn remove(&mut self, lease: &Arc<LeaseState>) {
         self.leases.retain(|l| !Arc::ptr_eq(l, lease));
+    }
+
+    /// For a timer apart from the renewing I/O: the leases whose lost signal is due now (busy
+    /// ones too, whatever their command is doing), taken out, and when the next one is due.
+    pub fn overdue(&mut self, now: Instant) -> (Vec<Arc<LeaseState>>, Option<Instant>) {
+        let mut lost = Vec::new();
+        let mut next: Option<Instant> = None;
+        self.leases.retain(|l| {
+            let inner = l.lock();
+            if inner.lost || inner.releasing || inner.released.is_some() {
+                return false;
+            }
+            let lost_at = inner
+                .deadline
+                .checked_sub(LOST_EARLY)
+                .unwrap_or(inner.deadline);
+            if now >= lost_at {
+                lost.push(Arc::clone(l));
+                false
+            } else {
+                next = Some(next.map_or(lost_at, |n| n.min(lost_at)));
+                true
+            }
+        });
+        (lost, next)
     }
 
     pub fn plan(&mut self, now: Instant) -> Work {
@@ -340,34 +384,40 @@ impl Registry {
         if self.leases.is_empty() {
             return Work::Exit;
         }
-        let mut io_deadline: Option<Instant> = None;
+        let lost_at = |deadline: Instant| deadline.checked_sub(LOST_EARLY).unwrap_or(deadline);
+        let first_lost = self
+            .leases
+            .iter()
+            .map(|l| lost_at(l.lock().deadline))
+            .min()
+            .unwrap_or(now);
+        // One thread serves every lease: no command may run into the moment the first of
+        // them must be marked lost.
+        let io_budget =
+            (first_lost.saturating_duration_since(now) * 3 / 4).saturating_sub(IO_SLACK);
+        let io_open = io_budget >= MIN_IO;
+        let io_deadline = now + io_budget;
         let mut due: Option<(Instant, &Arc<LeaseState>)> = None;
-        let mut wake: Option<Instant> = None;
+        let mut wake = first_lost;
         for l in &self.leases {
             let inner = l.lock();
-            let lost_at = inner
-                .deadline
-                .checked_sub(LOST_EARLY)
-                .unwrap_or(inner.deadline);
-            io_deadline = Some(io_deadline.map_or(lost_at, |d| d.min(lost_at)));
-            wake = Some(wake.map_or(lost_at, |w| w.min(lost_at)));
-            if inner.busy {
+            if inner.busy || !io_open {
                 continue;
             }
             if let Some(next) = inner.next_due {
-                wake = wake.map(|w| w.min(next));
+                wake = wake.min(next);
                 if next <= now && due.is_none_or(|(d, _)| next < d) {
                     due = Some((next, l));
                 }
             }
         }
-        match (due, io_deadline) {
-            (Some((_, lease)), Some(io_deadline)) => {
+        match due {
+            Some((_, lease)) => {
                 let lease = Arc::clone(lease);
                 lease.lock().busy = true;
                 Work::Renew { lease, io_deadline }
             }
-            _ => Work::Idle(wake),
+            None => Work::Idle(Some(wake)),
         }
     }
 }

@@ -37,11 +37,21 @@ struct ClientInner {
     keepalive: Arc<Keepalive>,
 }
 
-/// The keepalive thread's shared state: its leases, and a condition to wake it.
+/// The background threads' shared state: the leases, and a condition to wake them.
+///
+/// Two threads serve all the leases of a client: the keepalive thread renews them (and may
+/// sit in a socket read, whose timeout the kernel keeps only roughly), and the deadline
+/// thread, which does no I/O, marks them lost at their deadline whatever the other is doing.
 struct Keepalive {
     registry: Mutex<Registry>,
     wake: Condvar,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    threads: Mutex<Threads>,
+}
+
+#[derive(Default)]
+struct Threads {
+    keepalive: Option<JoinHandle<()>>,
+    deadline: Option<JoinHandle<()>>,
 }
 
 impl Client {
@@ -65,7 +75,7 @@ impl Client {
                 keepalive: Arc::new(Keepalive {
                     registry: Mutex::new(Registry::default()),
                     wake: Condvar::new(),
-                    thread: Mutex::new(None),
+                    threads: Mutex::new(Threads::default()),
                 }),
             }),
         }
@@ -81,9 +91,11 @@ impl Client {
         &self.inner.redis
     }
 
-    /// Whether the keepalive thread runs now (it ends by itself when no lease is left).
+    /// Whether the background threads run now (they end by themselves when no lease is
+    /// left).
     pub fn keepalive_running(&self) -> bool {
-        lock(&self.inner.keepalive.registry).running
+        let registry = lock(&self.inner.keepalive.registry);
+        registry.running || registry.watching
     }
 }
 
@@ -120,29 +132,39 @@ impl ClientInner {
         let ka = &self.keepalive;
         let mut registry = lock(&ka.registry);
         registry.add(Arc::clone(lease));
-        if registry.running {
-            drop(registry);
-            ka.wake.notify_all();
+        let start_keepalive = !registry.running;
+        let start_deadline = !registry.watching;
+        registry.running = true;
+        registry.watching = true;
+        drop(registry);
+        ka.wake.notify_all();
+        if !(start_keepalive || start_deadline) {
             return;
         }
-        registry.running = true;
-        drop(registry);
-        let mut thread = lock(&ka.thread);
-        // The previous thread marked itself stopped and is returning: join it before the next.
-        if let Some(old) = thread.take() {
-            let _ = old.join();
-        }
-        let shared = Arc::clone(ka);
-        let redis = self.redis.clone();
-        let spawned = std::thread::Builder::new()
-            .name("dlock-keepalive".into())
-            .spawn(move || keepalive_loop(&shared, &redis));
-        match spawned {
-            Ok(handle) => *thread = Some(handle),
-            Err(_) => {
-                // No thread: the lease still ends at its deadline (is_lost/wait_lost check it
-                // themselves), it is just not renewed.
+        let mut threads = lock(&ka.threads);
+        if start_keepalive {
+            // The previous thread marked itself stopped and is returning: join it first.
+            if let Some(old) = threads.keepalive.take() {
+                let _ = old.join();
+            }
+            let shared = Arc::clone(ka);
+            let redis = self.redis.clone();
+            threads.keepalive = spawn("dlock-keepalive", move || keepalive_loop(&shared, &redis));
+            if threads.keepalive.is_none() {
+                // No thread: the lease still ends at its deadline, it is just not renewed.
                 lock(&ka.registry).running = false;
+            }
+        }
+        if start_deadline {
+            if let Some(old) = threads.deadline.take() {
+                let _ = old.join();
+            }
+            let shared = Arc::clone(ka);
+            threads.deadline = spawn("dlock-deadline", move || deadline_loop(&shared));
+            if threads.deadline.is_none() {
+                // is_lost and wait_lost still see the deadline; only the push signals wait
+                // for the keepalive thread.
+                lock(&ka.registry).watching = false;
             }
         }
     }
@@ -157,9 +179,41 @@ impl Drop for ClientInner {
     fn drop(&mut self) {
         // Every lease holds the client, so none is left: the thread is ending; join it.
         self.keepalive.wake.notify_all();
-        if let Some(handle) = lock(&self.keepalive.thread).take() {
+        let threads = std::mem::take(&mut *lock(&self.keepalive.threads));
+        for handle in [threads.keepalive, threads.deadline].into_iter().flatten() {
             let _ = handle.join();
         }
+    }
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Option<JoinHandle<()>> {
+    std::thread::Builder::new().name(name.into()).spawn(f).ok()
+}
+
+/// The deadline thread: sleeps until the next lease's lost signal is due, marks it lost, and
+/// returns when no lease is left. It does no I/O, so a frozen server cannot delay it.
+fn deadline_loop(ka: &Keepalive) {
+    let mut registry = lock(&ka.registry);
+    loop {
+        if registry.leases.is_empty() {
+            registry.watching = false;
+            return;
+        }
+        let (lost, next) = registry.overdue(Instant::now());
+        if !lost.is_empty() {
+            drop(registry);
+            lost.iter().for_each(|l| l.mark_lost());
+            registry = lock(&ka.registry);
+            continue;
+        }
+        let wait = next.map_or(Duration::from_secs(3600), |n| {
+            n.saturating_duration_since(Instant::now())
+        });
+        registry = ka
+            .wake
+            .wait_timeout(registry, wait)
+            .unwrap_or_else(PoisonError::into_inner)
+            .0;
     }
 }
 
@@ -210,20 +264,25 @@ fn keepalive_loop(ka: &Keepalive, redis: &redis::Client) {
     }
 }
 
-/// The time left before `deadline`, at least 1 ms (a zero timeout means none to the socket).
-fn budget(deadline: Instant) -> Duration {
-    deadline
-        .saturating_duration_since(Instant::now())
-        .max(Duration::from_millis(1))
+/// The time left before `deadline`, or a timeout error when none is (a zero socket timeout
+/// would mean no timeout at all).
+fn budget(deadline: Instant) -> redis::RedisResult<Duration> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left < Duration::from_millis(1) {
+        return Err(redis::RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "no time left before the lease's deadline",
+        )));
+    }
+    Ok(left)
 }
 
 fn keepalive_connection(
     redis: &redis::Client,
     io_deadline: Instant,
 ) -> redis::RedisResult<Connection> {
-    let mut c = redis.get_connection_with_timeout(budget(io_deadline))?;
-    c.set_read_timeout(Some(budget(io_deadline)))?;
-    c.set_write_timeout(Some(budget(io_deadline)))?;
+    let mut c = redis.get_connection_with_timeout(budget(io_deadline)?)?;
+    set_timeouts(&c, io_deadline)?;
     redis::cmd("CLIENT")
         .arg("SETNAME")
         .arg(KEEPALIVE_CONNECTION_NAME)
@@ -232,8 +291,9 @@ fn keepalive_connection(
 }
 
 fn set_timeouts(c: &Connection, io_deadline: Instant) -> redis::RedisResult<()> {
-    c.set_read_timeout(Some(budget(io_deadline)))?;
-    c.set_write_timeout(Some(budget(io_deadline)))
+    let left = budget(io_deadline)?;
+    c.set_read_timeout(Some(left))?;
+    c.set_write_timeout(Some(left))
 }
 
 /// One EXTEND on the keepalive connection, every read bounded by `io_deadline`, so that a

@@ -44,7 +44,12 @@ fn an_explicit_owner_is_sent_as_given() {
     let server = Server::start();
     let mut c = server.conn();
     let client = client(&server);
-    let lease = client.lock("job").owner("worker-1").try_acquire().unwrap().unwrap();
+    let lease = client
+        .lock("job")
+        .owner("worker-1")
+        .try_acquire()
+        .unwrap()
+        .unwrap();
     assert_eq!(lease.owner(), "worker-1");
     assert_eq!(holder(&mut c, "job").as_deref(), Some("worker-1"));
 }
@@ -167,7 +172,11 @@ fn guard_writes_with_the_token_and_refuses_after_loss() {
     let refused = lease.guard::<i64>(("HSET", "{acct:7}:balance", "v", 2));
     assert!(matches!(refused, Err(Error::LockLost(_))), "{refused:?}");
     assert!(lease.is_lost());
-    let v: i64 = cmd("HGET").arg("{acct:7}:balance").arg("v").query(&mut c).unwrap();
+    let v: i64 = cmd("HGET")
+        .arg("{acct:7}:balance")
+        .arg("v")
+        .query(&mut c)
+        .unwrap();
     assert_eq!(v, 1);
 
     // Refused locally, without sending: the lease expired.
@@ -247,7 +256,10 @@ fn the_lock_taken_over_after_del_is_lost_on_the_next_extend() {
         .unwrap();
     let extends = calls(&mut c, "dlock.extend");
     let _: () = cmd("DEL").arg("job").query(&mut c).unwrap();
-    let _other = Lock::new(&client, "job").owner("thief").acquire(None).unwrap();
+    let _other = Lock::new(&client, "job")
+        .owner("thief")
+        .acquire(None)
+        .unwrap();
     let started = Instant::now();
     assert!(lease.wait_lost(Some(Duration::from_secs(5))));
     // Signalled by the next extend (every ttl/3), well before the deadline.
@@ -272,9 +284,11 @@ fn no_extend_after_release() {
     });
     lease.release().unwrap();
     let after_release = calls(&mut c, "dlock.extend");
-    wait_until("the keepalive thread to end", Duration::from_secs(5), || {
-        !client.keepalive_running()
-    });
+    wait_until(
+        "the keepalive thread to end",
+        Duration::from_secs(5),
+        || !client.keepalive_running(),
+    );
     // Nothing can be polled for an absence: watch for three keepalive periods.
     std::thread::sleep(Duration::from_millis(150));
     assert_eq!(calls(&mut c, "dlock.extend"), after_release);
@@ -323,7 +337,11 @@ fn session_lease_is_lost_with_its_connection() {
         .query(&mut c)
         .unwrap();
     assert!(killed >= 1);
-    assert_eq!(holder(&mut c, "leader"), None, "the server released it at once");
+    assert_eq!(
+        holder(&mut c, "leader"),
+        None,
+        "the server released it at once"
+    );
     let started = Instant::now();
     assert!(lease.wait_lost(Some(Duration::from_secs(5))));
     println!("session loss noticed in {:.1} ms", ms(started.elapsed()));
@@ -331,10 +349,15 @@ fn session_lease_is_lost_with_its_connection() {
 
     // A session lease released normally closes its connection.
     let before = client_list(&mut c).len();
-    let lease = Lock::new(&client, "leader").session(true).acquire(None).unwrap();
+    let lease = Lock::new(&client, "leader")
+        .session(true)
+        .acquire(None)
+        .unwrap();
     assert_eq!(client_list(&mut c).len(), before + 1);
     assert!(lease.release().unwrap());
-    wait_until("the session connection to close", Duration::from_secs(5), || {
-        client_list(&mut c).len() == before
-    });
+    wait_until(
+        "the session connection to close",
+        Duration::from_secs(5),
+        || client_list(&mut c).len() == before,
+    );
 }

@@ -111,8 +111,12 @@ impl Server {
 
     /// A plain connection for the test's own commands.
     pub fn conn(&self) -> Connection {
-        let c = self.redis().get_connection().expect("connect to the test server");
-        c.set_read_timeout(Some(Duration::from_secs(30))).expect("read timeout");
+        let c = self
+            .redis()
+            .get_connection()
+            .expect("connect to the test server");
+        c.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("read timeout");
         c
     }
 
