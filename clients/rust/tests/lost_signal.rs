@@ -157,6 +157,17 @@ mod tokio_client {
     use super::*;
     use dlock_client::aio::{Client, Lease, Lock};
 
+    /// One test at a time, on a runtime of its own.
+    fn run(test: impl Future<Output = ()>) {
+        let _serial = serial();
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(test);
+    }
+
     async fn held(server: &Server) -> (Client, Lease) {
         let client = Client::new(server.redis());
         let lease = Lock::new(&client, "job")
@@ -176,70 +187,73 @@ mod tokio_client {
             .expect("the lost channel");
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn client_pause_all_past_the_deadline_signals_lost_before_it() {
-        let _serial = serial();
-        let server = Server::start();
-        let mut c = server.conn();
-        let (_client, lease) = held(&server).await;
-        let (fired, callback) = recorder();
-        lease.on_lost(callback);
-        pause_all(&mut c, 3 * TTL.as_millis() as u64);
-        lost_within(&lease, Duration::from_secs(5)).await;
-        let fired = fired_at(&fired);
-        report("tokio, CLIENT PAUSE ALL", fired, lease.deadline());
-        assert!(lease.check().is_err());
-        unpause(&mut c);
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn sigstop_past_the_deadline_signals_lost_before_it() {
-        let _serial = serial();
-        let server = Server::start();
-        let (_client, lease) = held(&server).await;
-        let (fired, callback) = recorder();
-        lease.on_lost(callback);
-        {
-            let _frozen = server.freeze();
+    #[test]
+    fn client_pause_all_past_the_deadline_signals_lost_before_it() {
+        run(async {
+            let server = Server::start();
+            let mut c = server.conn();
+            let (_client, lease) = held(&server).await;
+            let (fired, callback) = recorder();
+            lease.on_lost(callback);
+            pause_all(&mut c, 3 * TTL.as_millis() as u64);
             lost_within(&lease, Duration::from_secs(5)).await;
-        }
-        let fired = fired_at(&fired);
-        report("tokio, SIGSTOP", fired, lease.deadline());
+            let fired = fired_at(&fired);
+            report("tokio, CLIENT PAUSE ALL", fired, lease.deadline());
+            assert!(lease.check().is_err());
+            unpause(&mut c);
+        });
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn client_kill_of_the_keepalive_connection_reconnects() {
-        let _serial = serial();
-        let server = Server::start();
-        let mut c = server.conn();
-        let (_client, lease) = held(&server).await;
-        let mut first = Vec::new();
-        wait_until_async("the keepalive connection", Duration::from_secs(5), || {
-            first = clients_named(&mut c, "dlock-keepalive");
-            !first.is_empty()
-        })
-        .await;
-        let _: i64 = cmd("CLIENT")
-            .arg("KILL")
-            .arg("ID")
-            .arg(first[0])
-            .query(&mut c)
-            .unwrap();
-        let extends = calls(&mut c, "dlock.extend");
-        wait_until_async(
-            "a new keepalive connection that extends",
-            Duration::from_secs(5),
-            || {
-                let now = clients_named(&mut c, "dlock-keepalive");
-                !now.is_empty() && now != first && calls(&mut c, "dlock.extend") > extends
-            },
-        )
-        .await;
-        let until = Instant::now() + 3 * TTL;
-        while Instant::now() < until {
-            assert!(lease.valid());
-            assert_eq!(holder(&mut c, "job").as_deref(), Some(lease.owner()));
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+    #[test]
+    fn sigstop_past_the_deadline_signals_lost_before_it() {
+        run(async {
+            let server = Server::start();
+            let (_client, lease) = held(&server).await;
+            let (fired, callback) = recorder();
+            lease.on_lost(callback);
+            {
+                let _frozen = server.freeze();
+                lost_within(&lease, Duration::from_secs(5)).await;
+            }
+            let fired = fired_at(&fired);
+            report("tokio, SIGSTOP", fired, lease.deadline());
+        });
+    }
+
+    #[test]
+    fn client_kill_of_the_keepalive_connection_reconnects() {
+        run(async {
+            let server = Server::start();
+            let mut c = server.conn();
+            let (_client, lease) = held(&server).await;
+            let mut first = Vec::new();
+            wait_until_async("the keepalive connection", Duration::from_secs(5), || {
+                first = clients_named(&mut c, "dlock-keepalive");
+                !first.is_empty()
+            })
+            .await;
+            let _: i64 = cmd("CLIENT")
+                .arg("KILL")
+                .arg("ID")
+                .arg(first[0])
+                .query(&mut c)
+                .unwrap();
+            let extends = calls(&mut c, "dlock.extend");
+            wait_until_async(
+                "a new keepalive connection that extends",
+                Duration::from_secs(5),
+                || {
+                    let now = clients_named(&mut c, "dlock-keepalive");
+                    !now.is_empty() && now != first && calls(&mut c, "dlock.extend") > extends
+                },
+            )
+            .await;
+            let until = Instant::now() + 3 * TTL;
+            while Instant::now() < until {
+                assert!(lease.valid());
+                assert_eq!(holder(&mut c, "job").as_deref(), Some(lease.owner()));
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
     }
 }
