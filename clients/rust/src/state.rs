@@ -273,6 +273,7 @@ impl LeaseState {
     }
 
     /// Whether the scheduler is sending a command for this lease.
+    #[cfg(feature = "tokio")]
     pub fn is_busy(&self) -> bool {
         self.lock().busy
     }

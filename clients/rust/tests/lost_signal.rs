@@ -153,6 +153,7 @@ mod blocking {
     }
 }
 
+#[cfg(feature = "tokio")]
 mod tokio_client {
     use super::*;
     use dlock_client::aio::{Client, Lease, Lock};

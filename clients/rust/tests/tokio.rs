@@ -1,4 +1,5 @@
 //! The tokio client against a real server.
+#![cfg(feature = "tokio")]
 
 mod common;
 
