@@ -41,7 +41,7 @@ pub fn run(url: &str) -> dlock_client::Result<Vec<String>> {
     log.push("still held after 900 ms of a 300 ms lease".to_string());
 
     // Someone force-frees the lock and another worker takes it.
-    let mut admin = client.redis().get_connection()?;
+    let mut admin = redis::Client::open(url)?.get_connection()?;
     let _: () = redis::cmd("DEL").arg("{report}:lock").query(&mut admin)?;
     let _other = Lock::new(&client, "{report}:lock")
         .owner("worker-2")

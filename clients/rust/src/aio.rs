@@ -11,18 +11,73 @@ use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, FromRedisValue, RedisError, RedisResult, ToRedisArgs, Value};
+use redis::{Cmd, Pipeline, RedisFuture};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::error::{Error, LockLost, Result, is_fence_refusal};
 use crate::spec::{self, Mode, Spec};
 use crate::state::{LeaseState, RETRY, Registry, SessionConn, Work, lock};
-use crate::sync::{DEFAULT_COMMAND_TIMEOUT, KEEPALIVE_CONNECTION_NAME};
+use crate::sync::{Backend, DEFAULT_COMMAND_TIMEOUT, KEEPALIVE_CONNECTION_NAME};
+
+/// An async connection of either kind (both are cheap to clone: handles on one driver).
+#[derive(Clone)]
+pub(crate) enum AConn {
+    Single(MultiplexedConnection),
+    #[cfg(feature = "cluster")]
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for AConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            AConn::Single(c) => c.req_packed_command(cmd),
+            #[cfg(feature = "cluster")]
+            AConn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            AConn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            #[cfg(feature = "cluster")]
+            AConn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            AConn::Single(c) => c.get_db(),
+            #[cfg(feature = "cluster")]
+            AConn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+impl Backend {
+    async fn connect_async(&self) -> RedisResult<AConn> {
+        match self {
+            Backend::Single(c) => {
+                let config = AsyncConnectionConfig::new().set_connection_timeout(CONNECT_TIMEOUT);
+                c.get_multiplexed_async_connection_with_config(&config)
+                    .await
+                    .map(AConn::Single)
+            }
+            #[cfg(feature = "cluster")]
+            Backend::Cluster(c) => c.get_async_connection().await.map(AConn::Cluster),
+        }
+    }
+}
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A handle on one Redis server (or Sentinel-discovered master) for locks, for tokio: it
-/// keeps one multiplexed connection for commands and runs the keepalive task of all leases
+/// A handle on one Redis server (or Sentinel-discovered master), or on a Redis Cluster, for
+/// locks, for tokio: it keeps one multiplexed connection for commands and runs the keepalive task of all leases
 /// taken through it. Cloning is cheap and shares everything.
 #[derive(Clone)]
 pub struct Client {
@@ -30,9 +85,9 @@ pub struct Client {
 }
 
 struct Inner {
-    redis: redis::Client,
+    redis: Backend,
     command_timeout: Option<Duration>,
-    conn: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+    conn: tokio::sync::Mutex<Option<AConn>>,
     keepalive: Arc<Keepalive>,
 }
 
@@ -77,8 +132,18 @@ impl Client {
         Ok(Client::new(redis::Client::open(url)?))
     }
 
+    /// A handle on a Redis Cluster: each command goes to the node serving its key.
+    #[cfg(feature = "cluster")]
+    pub fn cluster(cluster: redis::cluster::ClusterClient) -> Client {
+        Client::from_backend(Backend::Cluster(cluster), Some(DEFAULT_COMMAND_TIMEOUT))
+    }
+
     /// A handle whose non-waiting commands give up after `timeout` (`None`: never).
     pub fn with_command_timeout(redis: redis::Client, timeout: Option<Duration>) -> Client {
+        Client::from_backend(Backend::Single(redis), timeout)
+    }
+
+    fn from_backend(redis: Backend, timeout: Option<Duration>) -> Client {
         Client {
             inner: Arc::new(Inner {
                 redis,
@@ -96,11 +161,6 @@ impl Client {
     /// An exclusive lock on `key`.
     pub fn lock(&self, key: &str) -> Lock {
         Lock::new(self, key)
-    }
-
-    /// The underlying `redis::Client`.
-    pub fn redis(&self) -> &redis::Client {
-        &self.inner.redis
     }
 
     /// Whether the keepalive task runs now (it ends by itself when no lease is left).
@@ -121,7 +181,7 @@ impl Client {
 }
 
 impl Inner {
-    async fn connection(&self) -> RedisResult<MultiplexedConnection> {
+    async fn connection(&self) -> RedisResult<AConn> {
         let mut slot = self.conn.lock().await;
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
@@ -131,11 +191,8 @@ impl Inner {
         Ok(c)
     }
 
-    async fn dedicated(&self) -> RedisResult<MultiplexedConnection> {
-        let config = AsyncConnectionConfig::new().set_connection_timeout(CONNECT_TIMEOUT);
-        self.redis
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
+    async fn dedicated(&self) -> RedisResult<AConn> {
+        self.redis.connect_async().await
     }
 
     async fn query(&self, cmd: &redis::Cmd) -> Result<Value> {
@@ -173,8 +230,8 @@ impl Inner {
 
 /// The keepalive task: as the blocking client's thread, with every command bounded by the
 /// time left before some lease must be marked lost.
-async fn keepalive_task(ka: Arc<Keepalive>, redis: redis::Client) {
-    let mut conn: Option<MultiplexedConnection> = None;
+async fn keepalive_task(ka: Arc<Keepalive>, redis: Backend) {
+    let mut conn: Option<AConn> = None;
     loop {
         let work = {
             let mut registry = lock(&ka.registry);
@@ -215,12 +272,9 @@ fn budget(deadline: Instant) -> Duration {
         .max(Duration::from_millis(1))
 }
 
-async fn keepalive_connection(
-    redis: &redis::Client,
-    io_deadline: Instant,
-) -> RedisResult<MultiplexedConnection> {
+async fn keepalive_connection(redis: &Backend, io_deadline: Instant) -> RedisResult<AConn> {
     within(Some(budget(io_deadline)), async {
-        let mut c = redis.get_multiplexed_async_connection().await?;
+        let mut c = redis.connect_async().await?;
         redis::cmd("CLIENT")
             .arg("SETNAME")
             .arg(KEEPALIVE_CONNECTION_NAME)
@@ -234,8 +288,8 @@ async fn keepalive_connection(
 async fn renew(
     lease: &LeaseState,
     io_deadline: Instant,
-    redis: &redis::Client,
-    conn: &mut Option<MultiplexedConnection>,
+    redis: &Backend,
+    conn: &mut Option<AConn>,
 ) {
     let mut c = match conn.take() {
         Some(c) => c,
@@ -302,7 +356,7 @@ async fn renew_session(lease: &LeaseState, io_deadline: Instant) {
 /// Kills the waiting connection of an acquire whose future was dropped (task cancelled), so
 /// the server takes it out of the queue instead of granting a lock nobody would hold.
 struct CancelWait {
-    redis: redis::Client,
+    redis: Backend,
     client_id: Option<i64>,
 }
 
@@ -313,7 +367,7 @@ impl Drop for CancelWait {
         };
         let redis = self.redis.clone();
         rt.spawn(async move {
-            if let Ok(mut c) = redis.get_multiplexed_async_connection().await {
+            if let Ok(mut c) = redis.connect_async().await {
                 let _: RedisResult<Value> = redis::cmd("CLIENT")
                     .arg("KILL")
                     .arg("ID")
@@ -402,7 +456,9 @@ impl Lock {
                 redis: client.redis.clone(),
                 client_id: None,
             };
-            if wait.is_some() {
+            // CLIENT ID names the one connection it runs on: not usable through a cluster
+            // connection, where dropping the connection is what takes the request out.
+            if wait.is_some() && matches!(c, AConn::Single(_)) {
                 let id: i64 = redis::cmd("CLIENT").arg("ID").query_async(&mut c).await?;
                 cancel.client_id = Some(id);
             }

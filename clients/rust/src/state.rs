@@ -39,9 +39,9 @@ type Callback = Box<dyn FnOnce() + Send>;
 /// The dedicated connection a session lease owns (`None` for other leases).
 pub(crate) enum SessionConn {
     None,
-    Sync(Mutex<Option<redis::Connection>>),
+    Sync(Mutex<Option<crate::sync::Conn>>),
     #[cfg(feature = "tokio")]
-    Async(Mutex<Option<redis::aio::MultiplexedConnection>>),
+    Async(Mutex<Option<crate::aio::AConn>>),
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

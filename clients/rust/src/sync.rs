@@ -22,18 +22,81 @@ pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_IDLE_CONNECTIONS: usize = 4;
 
-/// A handle on one Redis server (or Sentinel-discovered master) for locks: it keeps a few idle
-/// connections for commands and runs the keepalive thread of all leases taken through it.
-/// Cloning is cheap and shares everything.
+/// Where connections come from: one server, or a Redis Cluster.
+#[derive(Clone)]
+pub(crate) enum Backend {
+    Single(redis::Client),
+    #[cfg(feature = "cluster")]
+    Cluster(redis::cluster::ClusterClient),
+}
+
+/// A blocking connection of either kind.
+pub(crate) enum Conn {
+    Single(Connection),
+    #[cfg(feature = "cluster")]
+    Cluster(Box<redis::cluster::ClusterConnection>),
+}
+
+impl Backend {
+    fn connect(&self, timeout: Duration) -> redis::RedisResult<Conn> {
+        match self {
+            Backend::Single(c) => c.get_connection_with_timeout(timeout).map(Conn::Single),
+            #[cfg(feature = "cluster")]
+            Backend::Cluster(c) => c
+                .get_connection_with_config(
+                    redis::cluster::ClusterConfig::new().set_connection_timeout(timeout),
+                )
+                .map(|c| Conn::Cluster(Box::new(c))),
+        }
+    }
+}
+
+impl Conn {
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> redis::RedisResult<()> {
+        match self {
+            Conn::Single(c) => c.set_read_timeout(timeout),
+            #[cfg(feature = "cluster")]
+            Conn::Cluster(c) => c.set_read_timeout(timeout),
+        }
+    }
+
+    fn set_write_timeout(&self, timeout: Option<Duration>) -> redis::RedisResult<()> {
+        match self {
+            Conn::Single(c) => c.set_write_timeout(timeout),
+            #[cfg(feature = "cluster")]
+            Conn::Cluster(c) => c.set_write_timeout(timeout),
+        }
+    }
+
+    fn is_open(&self) -> bool {
+        match self {
+            Conn::Single(c) => c.is_open(),
+            #[cfg(feature = "cluster")]
+            Conn::Cluster(c) => c.is_open(),
+        }
+    }
+
+    fn like(&mut self) -> &mut dyn ConnectionLike {
+        match self {
+            Conn::Single(c) => c,
+            #[cfg(feature = "cluster")]
+            Conn::Cluster(c) => c.as_mut(),
+        }
+    }
+}
+
+/// A handle on one Redis server (or Sentinel-discovered master), or on a Redis Cluster, for
+/// locks: it keeps a few idle connections for commands and runs the background threads of all
+/// leases taken through it. Cloning is cheap and shares everything.
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<ClientInner>,
 }
 
 struct ClientInner {
-    redis: redis::Client,
+    redis: Backend,
     command_timeout: Option<Duration>,
-    idle: Mutex<Vec<Connection>>,
+    idle: Mutex<Vec<Conn>>,
     keepalive: Arc<Keepalive>,
 }
 
@@ -65,8 +128,19 @@ impl Client {
         Ok(Client::new(redis::Client::open(url)?))
     }
 
+    /// A handle on a Redis Cluster: each command goes to the node serving its key (see the
+    /// README on hash tags for `guard`).
+    #[cfg(feature = "cluster")]
+    pub fn cluster(cluster: redis::cluster::ClusterClient) -> Client {
+        Client::from_backend(Backend::Cluster(cluster), Some(DEFAULT_COMMAND_TIMEOUT))
+    }
+
     /// A handle whose non-waiting commands give up after `timeout` (`None`: never).
     pub fn with_command_timeout(redis: redis::Client, timeout: Option<Duration>) -> Client {
+        Client::from_backend(Backend::Single(redis), timeout)
+    }
+
+    fn from_backend(redis: Backend, timeout: Option<Duration>) -> Client {
         Client {
             inner: Arc::new(ClientInner {
                 redis,
@@ -86,11 +160,6 @@ impl Client {
         Lock::new(self, key)
     }
 
-    /// The underlying `redis::Client`.
-    pub fn redis(&self) -> &redis::Client {
-        &self.inner.redis
-    }
-
     /// Whether the background threads run now (they end by themselves when no lease is
     /// left).
     pub fn keepalive_running(&self) -> bool {
@@ -100,11 +169,11 @@ impl Client {
 }
 
 impl ClientInner {
-    fn connection(&self, read_timeout: Option<Duration>) -> Result<Connection> {
+    fn connection(&self, read_timeout: Option<Duration>) -> Result<Conn> {
         let idle = lock(&self.idle).pop();
         let c = match idle {
             Some(c) if c.is_open() => c,
-            _ => self.redis.get_connection_with_timeout(CONNECT_TIMEOUT)?,
+            _ => self.redis.connect(CONNECT_TIMEOUT)?,
         };
         c.set_read_timeout(read_timeout)?;
         c.set_write_timeout(self.command_timeout)?;
@@ -115,7 +184,7 @@ impl ClientInner {
     /// idle list unless it failed below the protocol (a timed-out reply may still arrive).
     fn query(&self, cmd: &redis::Cmd, read_timeout: Option<Duration>) -> Result<Value> {
         let mut c = self.connection(read_timeout)?;
-        let reply = cmd.query::<Value>(&mut c);
+        let reply = cmd.query::<Value>(c.like());
         match &reply {
             Err(e) if e.is_io_error() || e.is_unrecoverable_error() => {}
             _ => {
@@ -219,8 +288,8 @@ fn deadline_loop(ka: &Keepalive) {
 
 /// The keepalive thread: renews due leases on its own connection, marks lost the ones whose
 /// deadline comes, sleeps in between, and returns when it has no lease left.
-fn keepalive_loop(ka: &Keepalive, redis: &redis::Client) {
-    let mut conn: Option<Connection> = None;
+fn keepalive_loop(ka: &Keepalive, redis: &Backend) {
+    let mut conn: Option<Conn> = None;
     loop {
         let work = {
             let mut registry = lock(&ka.registry);
@@ -277,20 +346,18 @@ fn budget(deadline: Instant) -> redis::RedisResult<Duration> {
     Ok(left)
 }
 
-fn keepalive_connection(
-    redis: &redis::Client,
-    io_deadline: Instant,
-) -> redis::RedisResult<Connection> {
-    let mut c = redis.get_connection_with_timeout(budget(io_deadline)?)?;
+fn keepalive_connection(redis: &Backend, io_deadline: Instant) -> redis::RedisResult<Conn> {
+    let mut c = redis.connect(budget(io_deadline)?)?;
     set_timeouts(&c, io_deadline)?;
+    // Named so it can be told apart in CLIENT LIST (on a cluster, on the node it lands on).
     redis::cmd("CLIENT")
         .arg("SETNAME")
         .arg(KEEPALIVE_CONNECTION_NAME)
-        .query::<()>(&mut c)?;
+        .query::<()>(c.like())?;
     Ok(c)
 }
 
-fn set_timeouts(c: &Connection, io_deadline: Instant) -> redis::RedisResult<()> {
+fn set_timeouts(c: &Conn, io_deadline: Instant) -> redis::RedisResult<()> {
     let left = budget(io_deadline)?;
     c.set_read_timeout(Some(left))?;
     c.set_write_timeout(Some(left))
@@ -298,12 +365,7 @@ fn set_timeouts(c: &Connection, io_deadline: Instant) -> redis::RedisResult<()> 
 
 /// One EXTEND on the keepalive connection, every read bounded by `io_deadline`, so that a
 /// frozen server cannot hold the thread past the moment some lease must be marked lost.
-fn renew(
-    lease: &LeaseState,
-    io_deadline: Instant,
-    redis: &redis::Client,
-    conn: &mut Option<Connection>,
-) {
+fn renew(lease: &LeaseState, io_deadline: Instant, redis: &Backend, conn: &mut Option<Conn>) {
     let Some(mut c) = conn
         .take()
         .or_else(|| keepalive_connection(redis, io_deadline).ok())
@@ -313,7 +375,7 @@ fn renew(
     let ttl = lease.ttl();
     let sent = Instant::now();
     let reply = set_timeouts(&c, io_deadline)
-        .and_then(|()| spec::extend_cmd(&lease.key, &lease.owner, ttl).query::<i64>(&mut c));
+        .and_then(|()| spec::extend_cmd(&lease.key, &lease.owner, ttl).query::<i64>(c.like()));
     match reply {
         Ok(1) => {
             *conn = Some(c);
@@ -348,9 +410,9 @@ fn renew_session(lease: &LeaseState, io_deadline: Instant) {
     let sent = Instant::now();
     let reply = set_timeouts(c, io_deadline).and_then(|()| {
         if lease.keepalive {
-            spec::extend_cmd(&lease.key, &lease.owner, ttl).query::<i64>(c)
+            spec::extend_cmd(&lease.key, &lease.owner, ttl).query::<i64>(c.like())
         } else {
-            redis::cmd("PING").query::<String>(c).map(|_| 1)
+            redis::cmd("PING").query::<String>(c.like()).map(|_| 1)
         }
     });
     match reply {
@@ -443,10 +505,10 @@ impl Lock {
         let ttl = self.spec.ttl();
         let (sent, reply, session) = if self.spec.session {
             // A session lease lives on a connection of its own, kept for its lifetime.
-            let mut c = client.redis.get_connection_with_timeout(CONNECT_TIMEOUT)?;
+            let mut c = client.redis.connect(CONNECT_TIMEOUT)?;
             c.set_read_timeout(read_timeout)?;
             let sent = Instant::now();
-            let reply = cmd.query::<Value>(&mut c)?;
+            let reply = cmd.query::<Value>(c.like())?;
             c.set_read_timeout(client.command_timeout)?;
             (sent, reply, Some(c))
         } else {
@@ -694,7 +756,7 @@ impl Lease {
             let Some(mut c) = conn else {
                 return Ok(false);
             };
-            return Ok(cmd.query::<i64>(&mut c)? == 1);
+            return Ok(cmd.query::<i64>(c.like())? == 1);
         }
         let reply = self
             .client

@@ -106,10 +106,10 @@ fn a_panic_inside_the_body_releases() {
     let mut c = server.conn();
     let client = client(&server);
     let lock = Lock::new(&client, "job");
-    let result = std::panic::catch_unwind(|| {
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let _lease = lock.acquire(None).unwrap();
         panic!("the work failed");
-    });
+    }));
     assert!(result.is_err());
     assert_eq!(holder(&mut c, "job"), None);
     fn early_return(lock: &Lock) -> Result<(), Error> {

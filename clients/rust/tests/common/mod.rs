@@ -41,15 +41,20 @@ pub struct Server {
 impl Server {
     /// A server with the module loaded.
     pub fn start() -> Server {
-        Server::launch(true)
+        Server::launch(true, false)
     }
 
     /// A server without the module.
     pub fn without_module() -> Server {
-        Server::launch(false)
+        Server::launch(false, false)
     }
 
-    fn launch(with_module: bool) -> Server {
+    /// A cluster node with the module, holding no slots yet.
+    pub fn cluster_node() -> Server {
+        Server::launch(true, true)
+    }
+
+    fn launch(with_module: bool, cluster: bool) -> Server {
         let module = with_module.then(module_path);
         let dir = std::env::temp_dir().join(format!(
             "dlock-client-test-{}-{}",
@@ -58,11 +63,14 @@ impl Server {
         ));
         std::fs::create_dir_all(&dir).expect("create the server's directory");
         // Another process may take the port between our probe and the server's bind: retry.
-        for _ in 0..20 {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .map(|a| a.port())
-                .expect("a free port");
+        for _ in 0..100 {
+            let port = free_port();
+            // A cluster node also listens on port + 10000 (the cluster bus).
+            if cluster
+                && (port > 55_535 || TcpListener::bind(("127.0.0.1", port + 10_000)).is_err())
+            {
+                continue;
+            }
             let mut command = Command::new(server_binary());
             command
                 .current_dir(&dir)
@@ -71,6 +79,14 @@ impl Server {
                 .args(["--logfile", "redis.log"]);
             if let Some(module) = &module {
                 command.arg("--loadmodule").arg(module);
+            }
+            if cluster {
+                command.args([
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                ]);
             }
             let mut child = command
                 .stdout(Stdio::null())
@@ -138,6 +154,53 @@ impl Server {
     pub fn freeze(&self) -> Frozen<'_> {
         self.signal("STOP");
         Frozen(self)
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Three masters (no replicas) sharing the 16384 slots, with the module on each.
+pub struct Cluster {
+    pub nodes: Vec<Server>,
+}
+
+impl Cluster {
+    pub fn start() -> Cluster {
+        let nodes: Vec<Server> = (0..3).map(|_| Server::cluster_node()).collect();
+        let ranges = [(0, 5460), (5461, 10922), (10923, 16383)];
+        for (node, (first, last)) in nodes.iter().zip(ranges) {
+            let mut c = node.conn();
+            let _: () = cmd("CLUSTER")
+                .arg("ADDSLOTSRANGE")
+                .arg(first)
+                .arg(last)
+                .query(&mut c)
+                .expect("CLUSTER ADDSLOTSRANGE");
+            let _: () = cmd("CLUSTER")
+                .arg("MEET")
+                .arg("127.0.0.1")
+                .arg(nodes[0].port)
+                .query(&mut c)
+                .expect("CLUSTER MEET");
+        }
+        for node in &nodes {
+            let mut c = node.conn();
+            wait_until("the cluster to form", Duration::from_secs(20), || {
+                let info: String = cmd("CLUSTER").arg("INFO").query(&mut c).unwrap_or_default();
+                info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:3")
+            });
+        }
+        Cluster { nodes }
+    }
+
+    pub fn client(&self) -> redis::cluster::ClusterClient {
+        redis::cluster::ClusterClient::new(self.nodes.iter().map(|n| n.url()).collect::<Vec<_>>())
+            .expect("cluster client")
     }
 }
 
