@@ -206,7 +206,7 @@ impl Inner {
         Ok(reply?)
     }
 
-    fn register(&self, lease: &Arc<LeaseState>) {
+    fn register(&self, lease: &Arc<LeaseState>, runtime: &tokio::runtime::Handle) {
         let ka = &self.keepalive;
         let mut registry = lock(&ka.registry);
         registry.add(Arc::clone(lease));
@@ -217,7 +217,7 @@ impl Inner {
         }
         registry.running = true;
         drop(registry);
-        let task = tokio::spawn(keepalive_task(Arc::clone(ka), self.redis.clone()));
+        let task = runtime.spawn(keepalive_task(Arc::clone(ka), self.redis.clone()));
         // The previous task marked itself stopped and has returned or is returning.
         *lock(&ka.task) = Some(task);
     }
@@ -308,7 +308,7 @@ async fn renew(
         }
         Ok(_) => {
             *conn = Some(c);
-            lease.mark_lost();
+            lease.lose_when_idle();
         }
         Err(e) if broken(&e) => lease.retry_at(Instant::now()),
         Err(_) => {
@@ -320,11 +320,11 @@ async fn renew(
 
 async fn renew_session(lease: &LeaseState, io_deadline: Instant) {
     let SessionConn::Async(slot) = &lease.conn else {
-        return lease.mark_lost();
+        return lease.lose_when_idle();
     };
     let conn = lock(slot).clone();
     let Some(mut c) = conn else {
-        return lease.mark_lost();
+        return lease.lose_when_idle();
     };
     let ttl = lease.ttl();
     let sent = Instant::now();
@@ -344,10 +344,10 @@ async fn renew_session(lease: &LeaseState, io_deadline: Instant) {
     match reply {
         Ok(1) if lease.keepalive => lease.extended(sent, ttl),
         Ok(1) => lease.checked(sent),
-        Ok(_) => lease.mark_lost(),
+        Ok(_) => lease.lose_when_idle(),
         Err(e) if broken(&e) => {
             *lock(slot) = None;
-            lease.mark_lost();
+            lease.lose_when_idle();
         }
         Err(_) => lease.retry_at(Instant::now() + RETRY),
     }
@@ -445,6 +445,13 @@ impl Lock {
 
     async fn request(&self, wait: Option<Option<Duration>>) -> Result<Option<Lease>> {
         let client = &self.client.inner;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|e| {
+            Error::Redis(RedisError::from((
+                redis::ErrorKind::ClientError,
+                "dlock_client::aio needs a tokio runtime",
+                e.to_string(),
+            )))
+        })?;
         let cmd = self.spec.acquire_cmd(wait);
         let limit = Spec::read_timeout(wait, client.command_timeout);
         let ttl = self.spec.ttl();
@@ -484,11 +491,11 @@ impl Lock {
             }),
             self.spec.keepalive(),
         );
-        client.register(&state);
+        client.register(&state, &runtime);
         Ok(Some(Lease {
             client: self.client.clone(),
             state,
-            runtime: tokio::runtime::Handle::current(),
+            runtime,
         }))
     }
 }

@@ -58,6 +58,9 @@ pub(crate) struct Inner {
     pub released: Option<bool>,
     /// The scheduler is sending a command for this lease right now.
     pub busy: bool,
+    /// The scheduler found the lease lost while busy with it: signalled once it is not,
+    /// so that a callback may release the lease without waiting for itself.
+    pending_lost: bool,
     releasing: bool,
     callbacks: Vec<Callback>,
 }
@@ -100,6 +103,7 @@ impl LeaseState {
                 lost: false,
                 released: None,
                 busy: false,
+                pending_lost: false,
                 releasing: false,
                 callbacks: Vec::new(),
             }),
@@ -170,6 +174,10 @@ impl LeaseState {
             return;
         }
         if Instant::now() >= inner.deadline {
+            if inner.busy {
+                inner.pending_lost = true;
+                return;
+            }
             drop(inner);
             return self.mark_lost();
         }
@@ -190,8 +198,20 @@ impl LeaseState {
     }
 
     pub fn set_busy(&self, busy: bool) {
-        self.lock().busy = busy;
+        let pending = {
+            let mut inner = self.lock();
+            inner.busy = busy;
+            !busy && std::mem::take(&mut inner.pending_lost)
+        };
         self.changed.notify_all();
+        if pending {
+            self.mark_lost();
+        }
+    }
+
+    /// Mark the lease lost once the scheduler is done with it (see `pending_lost`).
+    pub fn lose_when_idle(&self) {
+        self.lock().pending_lost = true;
     }
 
     /// Mark the lease lost (once; never after release) and tell everyone waiting.

@@ -249,8 +249,13 @@ impl Drop for ClientInner {
         // Every lease holds the client, so none is left: the thread is ending; join it.
         self.keepalive.wake.notify_all();
         let threads = std::mem::take(&mut *lock(&self.keepalive.threads));
+        let me = std::thread::current().id();
         for handle in [threads.keepalive, threads.deadline].into_iter().flatten() {
-            let _ = handle.join();
+            // The last handle may be dropped by a callback on one of these threads, which is
+            // returning anyway: it cannot join itself.
+            if handle.thread().id() != me {
+                let _ = handle.join();
+            }
         }
     }
 }
@@ -383,7 +388,7 @@ fn renew(lease: &LeaseState, io_deadline: Instant, redis: &Backend, conn: &mut O
         }
         Ok(_) => {
             *conn = Some(c);
-            lease.mark_lost();
+            lease.lose_when_idle();
         }
         // Below the protocol, or a timeout: drop the connection and reconnect at once.
         Err(e) if e.is_io_error() || e.is_unrecoverable_error() => lease.retry_at(Instant::now()),
@@ -399,12 +404,12 @@ fn renew(lease: &LeaseState, io_deadline: Instant, redis: &Backend, conn: &mut O
 /// server released the lease, so any error below the protocol marks it lost at once.
 fn renew_session(lease: &LeaseState, io_deadline: Instant) {
     let SessionConn::Sync(slot) = &lease.conn else {
-        return lease.mark_lost();
+        return lease.lose_when_idle();
     };
     let mut slot = lock(slot);
     let Some(c) = slot.as_mut() else {
         drop(slot);
-        return lease.mark_lost();
+        return lease.lose_when_idle();
     };
     let ttl = lease.ttl();
     let sent = Instant::now();
@@ -420,12 +425,12 @@ fn renew_session(lease: &LeaseState, io_deadline: Instant) {
         Ok(1) => lease.checked(sent),
         Ok(_) => {
             drop(slot);
-            lease.mark_lost();
+            lease.lose_when_idle();
         }
         Err(e) if e.is_io_error() || e.is_unrecoverable_error() => {
             *slot = None;
             drop(slot);
-            lease.mark_lost();
+            lease.lose_when_idle();
         }
         Err(_) => lease.retry_at(Instant::now() + RETRY),
     }

@@ -361,3 +361,33 @@ fn session_lease_is_lost_with_its_connection() {
         || client_list(&mut c).len() == before,
     );
 }
+
+#[test]
+fn an_on_lost_callback_may_release_the_lease() {
+    let server = Server::start();
+    let mut c = server.conn();
+    let client = client(&server);
+    let lease = Arc::new(
+        Lock::new(&client, "job")
+            .ttl(Duration::from_millis(300))
+            .keepalive(true)
+            .acquire(None)
+            .unwrap(),
+    );
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let inside = Arc::clone(&lease);
+    lease.on_lost(move || {
+        // Runs on the keepalive thread that saw EXTEND answer 0.
+        let _ = done_tx.send(inside.release().map_err(|e| e.to_string()));
+    });
+    let _: () = cmd("DEL").arg("job").query(&mut c).unwrap();
+    let _thief = Lock::new(&client, "job")
+        .owner("thief")
+        .acquire(None)
+        .unwrap();
+    let released = done_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the callback ended");
+    assert_eq!(released, Ok(false));
+    assert_eq!(holder(&mut c, "job").as_deref(), Some("thief"));
+}
