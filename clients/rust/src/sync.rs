@@ -671,8 +671,8 @@ impl Lease {
     }
 
     /// Run `callback` once when the lease is lost (at once if it already is). It runs on the
-    /// thread that notices the loss, usually the keepalive thread: keep it short, and do not
-    /// release other leases of the same client from it.
+    /// thread that notices the loss, usually a background thread of the client: keep it short
+    /// (it may release or drop this lease).
     pub fn on_lost(&self, callback: impl FnOnce() + Send + 'static) {
         self.state.on_lost(Box::new(callback));
     }
