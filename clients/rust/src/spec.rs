@@ -86,9 +86,8 @@ impl Spec {
         match reply {
             Value::Nil => Ok(None),
             Value::Int(token) => Ok(Some((token, given()))),
-            Value::Array(items) if items.len() == 2 => {
-                let token: i64 = redis::from_redis_value(&items[0])?;
-                let owner: String = redis::from_redis_value(&items[1])?;
+            Value::Array(items) if matches!(items.as_slice(), [_, _]) => {
+                let (token, owner): (i64, String) = redis::from_redis_value(&Value::Array(items))?;
                 Ok(Some((token, owner)))
             }
             other => Err(Error::Redis(redis::RedisError::from((
