@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 
 use crate::error::{Error, LockLost, Result, is_fence_refusal};
 use crate::spec::{self, Mode, Spec};
-use crate::state::{LeaseState, RETRY, Registry, SessionConn, Work, lock};
+use crate::state::{IoBound, LeaseState, RETRY, Registry, SessionConn, Work, lock};
 use crate::sync::{Backend, DEFAULT_COMMAND_TIMEOUT, KEEPALIVE_CONNECTION_NAME};
 
 /// An async connection of either kind (both are cheap to clone: handles on one driver).
@@ -235,7 +235,7 @@ async fn keepalive_task(ka: Arc<Keepalive>, redis: Backend) {
     loop {
         let work = {
             let mut registry = lock(&ka.registry);
-            match registry.plan(Instant::now()) {
+            match registry.plan(Instant::now(), IoBound::Before(Duration::from_millis(2))) {
                 Work::Exit => {
                     registry.running = false;
                     return;

@@ -8,15 +8,19 @@ use std::time::{Duration, Instant};
 /// scheduler still signals before it.
 pub(crate) const LOST_EARLY: Duration = Duration::from_millis(3);
 
-/// A command the scheduler sends gets 3/4 of the time left before the first lost signal is
-/// due, less this: a socket timeout can end later than asked, by up to 1/8 of it (Linux's timer
-/// wheel coarsens long timeouts: 32 ms steps from 256 ms on) plus a tick, while the lost
-/// signal itself is timed by a precise sleep.
-pub(crate) const IO_SLACK: Duration = Duration::from_millis(8);
+/// How long a renewing command may wait for its reply, at most.
+#[derive(Clone, Copy)]
+pub(crate) enum IoBound {
+    /// Until the first lease's lost signal is due: another thread times that signal (the
+    /// blocking client, whose socket timeouts the kernel keeps only roughly: up to 1/8 late).
+    UntilLost,
+    /// Until this long before it: the same task times the signal (tokio, whose timers are
+    /// precise to the millisecond).
+    Before(Duration),
+}
 
-/// No command is started with less time than this for its reply (a shorter socket timeout
-/// still lasts a tick or two).
-const MIN_IO: Duration = Duration::from_millis(10);
+/// No command is started with less time than this for its reply.
+const MIN_IO: Duration = Duration::from_millis(5);
 
 /// How often a session lease's connection is checked (or its ttl/3 when shorter).
 pub(crate) const SESSION_CHECK: Duration = Duration::from_millis(250);
@@ -384,7 +388,7 @@ impl Registry {
         (lost, next)
     }
 
-    pub fn plan(&mut self, now: Instant) -> Work {
+    pub fn plan(&mut self, now: Instant, bound: IoBound) -> Work {
         self.leases.retain(|l| {
             let inner = l.lock();
             !inner.lost && !inner.releasing && inner.released.is_none()
@@ -414,8 +418,11 @@ impl Registry {
             .unwrap_or(now);
         // One thread serves every lease: no command may run into the moment the first of
         // them must be marked lost.
-        let io_budget =
-            (first_lost.saturating_duration_since(now) * 3 / 4).saturating_sub(IO_SLACK);
+        let left = first_lost.saturating_duration_since(now);
+        let io_budget = match bound {
+            IoBound::UntilLost => left,
+            IoBound::Before(margin) => left.saturating_sub(margin),
+        };
         let io_open = io_budget >= MIN_IO;
         let io_deadline = now + io_budget;
         let mut due: Option<(Instant, &Arc<LeaseState>)> = None;

@@ -9,7 +9,7 @@ use redis::{Connection, ConnectionLike, FromRedisValue, ToRedisArgs, Value};
 
 use crate::error::{Error, LockLost, Result, is_fence_refusal};
 use crate::spec::{self, Mode, Spec};
-use crate::state::{LeaseState, RETRY, Registry, SessionConn, Work, lock};
+use crate::state::{IoBound, LeaseState, RETRY, Registry, SessionConn, Work, lock};
 
 /// The name the keepalive connection gives itself (`CLIENT SETNAME`), to find it in
 /// `CLIENT LIST`.
@@ -299,7 +299,7 @@ fn keepalive_loop(ka: &Keepalive, redis: &Backend) {
         let work = {
             let mut registry = lock(&ka.registry);
             loop {
-                match registry.plan(Instant::now()) {
+                match registry.plan(Instant::now(), IoBound::UntilLost) {
                     Work::Idle(wake) => {
                         registry = match wake {
                             Some(at) => {
