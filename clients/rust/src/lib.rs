@@ -1,11 +1,11 @@
-//! Client for [dlock](https://example.invalid/dlock), the Redis module that adds distributed
-//! locks as native commands (`DLOCK.ACQUIRE`, `RELEASE`, `EXTEND`, `GUARD`).
+//! Client for dlock, the Redis module that adds distributed locks as native commands
+//! (`DLOCK.ACQUIRE`, `RELEASE`, `EXTEND`, `GUARD`); see this crate's README.md.
 //!
 //! A lock object ([`Lock`], [`ReadWriteLock`], [`Semaphore`]) acquires a [`Lease`]: the fencing
 //! token, the owner, a local validity deadline, and a lost signal. Without an explicit ttl the
-//! lease is kept alive in the background (one thread per [`Client`], or one task per
-//! [`aio::Client`]); it is marked lost no later than its deadline when it cannot be renewed.
-//! Dropping a lease releases it.
+//! lease is kept alive in the background (by two threads per [`Client`] for all its leases, or
+//! one task per [`aio::Client`]); it is marked lost no later than its deadline when it cannot be
+//! renewed. Dropping a lease releases it.
 //!
 //! ```no_run
 //! use std::time::Duration;
