@@ -115,6 +115,8 @@ mod blocking {
         let fired = fired_at(&fired);
         report("blocking, SIGSTOP", fired, lease.deadline());
         assert!(lease.is_lost());
+        #[cfg(feature = "tokio")]
+        assert!(*lease.lost().borrow(), "the watch channel says lost too");
     }
 
     #[test]
