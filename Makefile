@@ -21,14 +21,16 @@ build: deps
 run: build
 	@PORT=$(PORT) sh scripts/run.sh
 
+# The whole workspace: the module and clients/rust.
 lint:
-	$(CARGO) fmt --check
-	$(CARGO) clippy --release --all-targets -- -D warnings
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --release --all-targets --workspace -- -D warnings
 
-# The benchmark's seconds-long smoke run keeps it working; then every test.
+# The benchmark's seconds-long smoke run keeps it working; then every test of the workspace,
+# the Rust client's (clients/rust/tests, against the module `build` just made) included.
 test: build lint
 	$(CARGO) bench --bench dlock -- --smoke
-	$(CARGO) test --release
+	$(CARGO) test --release --workspace
 
 # dlock against SET NX PX, the Lua recipes and polling clients on one server, as ratios
 # (about 6 minutes). ARGS="--only contention" runs one section.
