@@ -359,7 +359,7 @@ class AsyncioTest(unittest.IsolatedAsyncioTestCase):
     async def test_no_extend_after_release(self) -> None:
         monitor = Monitor(self.server)
         connections = await self.connections()
-        lease = await Lock(self.r, self.key, 0.06, keepalive=True).acquire()
+        lease = await Lock(self.r, self.key, 0.3, keepalive=True).acquire()
         extends = await self.extends()
 
         async def extended() -> bool:

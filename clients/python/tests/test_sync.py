@@ -334,7 +334,7 @@ class SyncTest(unittest.TestCase):
     def test_no_extend_after_release(self) -> None:
         monitor = Monitor(self.server)
         connections = connection_count(self.r)
-        lease = Lock(self.r, self.key, 0.06, keepalive=True).acquire()
+        lease = Lock(self.r, self.key, 0.3, keepalive=True).acquire()
         extends = calls(self.r, "dlock.extend")
         wait_until("a few extends", lambda: calls(self.r, "dlock.extend") >= extends + 5)
         self.assertTrue(lease.release())
