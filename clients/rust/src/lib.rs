@@ -22,6 +22,7 @@
 #![deny(missing_docs)]
 
 mod error;
+mod quorum;
 mod spec;
 mod state;
 mod sync;
@@ -32,6 +33,6 @@ pub mod aio;
 pub use error::{Error, LockLost, MODULE_LOAD_HINT, Result};
 pub use spec::DEFAULT_TTL;
 pub use sync::{
-    Client, DEFAULT_COMMAND_TIMEOUT, KEEPALIVE_CONNECTION_NAME, Lease, Lock, ReadWriteLock,
-    Semaphore,
+    Client, DEFAULT_COMMAND_TIMEOUT, KEEPALIVE_CONNECTION_NAME, Lease, Lock, QuorumLease,
+    QuorumLock, ReadWriteLock, Semaphore,
 };
