@@ -102,6 +102,11 @@ fn round_of_ones(
     )
 }
 
+/// A read timeout of at most `limit` and the client's command timeout.
+fn capped(c: &Client, limit: Duration) -> Option<Duration> {
+    Some(c.inner.command_timeout.map_or(limit, |t| t.min(limit)))
+}
+
 /// When a round bounded by the client's command timeout ends.
 fn command_deadline(clients: &[Client]) -> Option<Instant> {
     clients
@@ -218,8 +223,9 @@ impl QuorumLock {
                     };
                 };
                 let c = &client.inner;
+                let read_timeout = capped(client, read_timeout);
                 let node_id = if unknown.get(i).copied().unwrap_or(false) {
-                    match c.query(&quorum::info_cmd(), Some(read_timeout)) {
+                    match c.query(&quorum::info_cmd(), read_timeout) {
                         Ok(info) => quorum::parse_node_id(&info),
                         Err(e) => {
                             return Granted {
@@ -232,7 +238,7 @@ impl QuorumLock {
                     None
                 };
                 let reply = c
-                    .query(&cmd, Some(read_timeout))
+                    .query(&cmd, read_timeout)
                     .and_then(|r| Ok(spec.parse_grant(r)?.map(|(token, _)| token)));
                 Granted { node_id, reply }
             },
@@ -300,7 +306,7 @@ impl QuorumLock {
             clients.len(),
             Some(deadline),
             move |i| match clients.get(i) {
-                Some(c) => c.inner.query(&cmd, Some(read_timeout)),
+                Some(c) => c.inner.query(&cmd, capped(c, read_timeout)),
                 None => Err(quorum::no_servers()),
             },
             |replies| {
