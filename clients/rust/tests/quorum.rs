@@ -173,6 +173,30 @@ fn a_minority_of_servers_down_still_acquires() {
 }
 
 #[test]
+fn a_frozen_minority_holds_up_neither_the_acquire_nor_the_keepalive() {
+    let servers = servers(3);
+    let lock = QuorumLock::new(&clients(&servers), "job")
+        .ttl(Duration::from_millis(300))
+        .keepalive(true);
+    let frozen = servers[2].freeze();
+    let started = Instant::now();
+    let lease = lock.try_acquire().unwrap().expect("two of three granted");
+    assert!(
+        started.elapsed() < Duration::from_millis(200),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(tokens(&servers[..2], "job"), vec![Some(lease.token()); 2]);
+    assert!(
+        !lease.wait_lost(Some(Duration::from_millis(1_000))),
+        "renewed by two of three"
+    );
+    drop(frozen);
+    assert!(lease.release().unwrap());
+    assert_eq!(holders(&servers[..2], "job"), vec![None; 2]);
+}
+
+#[test]
 fn a_majority_of_servers_down_is_not_acquired_and_leaves_nothing_held() {
     let mut servers = servers(3);
     let clients = clients(&servers);
