@@ -28,7 +28,7 @@
 //! gives a fencing token a resource can trust:
 //!
 //! 1. `DLOCK.ACQUIRE key owner ttl` goes to all N at once, with the same owner id everywhere
-//!    (a random 128-bit hex id unless [`QuorumLock::owner`] sets one);
+//!    (a new random 128-bit hex id for each attempt unless [`QuorumLock::owner`] sets one);
 //! 2. when a majority granted within the validity window, `T` = the highest of their tokens,
 //!    and `DLOCK.FENCE key owner T` goes to the servers that granted;
 //! 3. the lock is held, with token `T`, only if a majority of FENCE replies were ≥ `T` before

@@ -72,7 +72,6 @@ fn a_majority_takes_the_highest_token_and_fences_it_on_every_granting_server() {
     let after = Instant::now();
     let t = lease.token();
     assert_eq!(t & 15, 2, "the highest grant came from node 2: {t}");
-    assert_eq!(lease.owner(), lock.owner_id());
     assert_eq!(lease.owner().len(), 32, "a random 128-bit owner id");
     assert!(lease.owner().chars().all(|c| c.is_ascii_hexdigit()));
     assert_eq!(lease.key(), "job");
@@ -97,6 +96,24 @@ fn a_majority_takes_the_highest_token_and_fences_it_on_every_granting_server() {
     for s in &servers {
         assert!(take(s, "next", "w") > t);
     }
+}
+
+#[test]
+fn clones_of_one_lock_exclude_each_other() {
+    let servers = servers(3);
+    let lock = QuorumLock::new(&clients(&servers), "job").ttl(Duration::from_secs(5));
+    let first = lock.try_acquire().unwrap().expect("free");
+    let twin = lock.clone();
+    assert!(twin.try_acquire().unwrap().is_none(), "no re-entry");
+    assert!(
+        lock.try_acquire().unwrap().is_none(),
+        "nor by the same object"
+    );
+    let owner = first.owner().to_string();
+    assert_eq!(holders(&servers, "job"), vec![Some(owner.clone()); 3]);
+    drop(first);
+    let second = twin.try_acquire().unwrap().expect("released");
+    assert_ne!(second.owner(), owner, "a new owner for each attempt");
 }
 
 #[test]
@@ -532,6 +549,16 @@ mod tokio_client {
             .unwrap();
         assert!(lease.is_lost() && lease.check().is_err());
         assert!(matches!(lease.extend(None).await, Err(Error::LockLost(_))));
+    }
+
+    #[tokio::test]
+    async fn clones_of_one_lock_exclude_each_other() {
+        let servers = servers(3);
+        let lock = aio::QuorumLock::new(&clients(&servers), "job");
+        let first = lock.try_acquire().await.unwrap().expect("free");
+        assert!(lock.clone().try_acquire().await.unwrap().is_none());
+        assert!(first.release().await.unwrap());
+        assert!(lock.clone().try_acquire().await.unwrap().is_some());
     }
 
     #[tokio::test]

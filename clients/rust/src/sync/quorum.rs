@@ -133,13 +133,12 @@ pub struct QuorumLock {
 
 impl QuorumLock {
     /// A quorum lock on `key` over `clients`, one handle per independent server, with the
-    /// defaults (30 s lease, kept alive, a random owner id shared by every server).
+    /// defaults (30 s lease, kept alive, a new random owner id for each attempt, the same on
+    /// every server).
     pub fn new(clients: &[Client], key: &str) -> QuorumLock {
-        let mut spec = Spec::new(key, Mode::Exclusive);
-        spec.owner = Some(quorum::random_owner());
         QuorumLock {
             clients: clients.to_vec(),
-            spec,
+            spec: Spec::new(key, Mode::Exclusive),
             node_ids: Arc::new(Mutex::new(vec![None; clients.len()])),
         }
     }
@@ -150,7 +149,9 @@ impl QuorumLock {
         self
     }
 
-    /// Take the lock as `owner` on every server instead of a random id.
+    /// Take the lock as `owner` on every server instead of a random id. As with a single-server
+    /// lock, holds of one owner re-enter: two leases taken at once with the same owner both
+    /// succeed.
     pub fn owner(mut self, owner: &str) -> QuorumLock {
         self.spec.owner = Some(owner.to_string());
         self
@@ -165,11 +166,6 @@ impl QuorumLock {
     /// The lock's key.
     pub fn key(&self) -> &str {
         &self.spec.key
-    }
-
-    /// The owner id sent to every server.
-    pub fn owner_id(&self) -> &str {
-        self.spec.owner.as_deref().unwrap_or_default()
     }
 
     /// Try for a majority until `wait` passes (`None`: without limit), releasing everything and
@@ -203,15 +199,19 @@ impl QuorumLock {
         if self.clients.is_empty() {
             return Err(quorum::no_servers());
         }
-        let owner = self.owner_id().to_string();
+        // A fresh owner for each attempt: two leases of one lock object (or its clones) never
+        // re-enter each other's holds, and a late RELEASE of a failed attempt cannot end a
+        // hold of the next one.
+        let owner = self.spec.owner.clone().unwrap_or_else(quorum::random_owner);
+        let mut spec = self.spec.clone();
+        spec.owner = Some(owner.clone());
         let ttl = self.spec.ttl();
         let sent = Instant::now();
         let deadline = state::deadline_after(sent, ttl);
         let read_timeout = budget(deadline).unwrap_or(Duration::from_millis(1));
         let unknown: Vec<bool> = lock(&self.node_ids).iter().map(Option::is_none).collect();
         let clients = self.clients.clone();
-        let cmd = self.spec.acquire_cmd(None);
-        let spec = self.spec.clone();
+        let cmd = spec.acquire_cmd(None);
         let mut replies = fan_out(
             self.clients.len(),
             Some(deadline),
