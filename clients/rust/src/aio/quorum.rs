@@ -205,7 +205,8 @@ impl QuorumLock {
         }
     }
 
-    /// One attempt: `None` when no majority granted and fenced in time (nothing is left held).
+    /// One attempt: `None` when no majority granted and fenced in time (RELEASE was then sent
+    /// to every server).
     pub async fn try_acquire(&self) -> Result<Option<QuorumLease>> {
         self.attempt().await
     }
