@@ -15,9 +15,13 @@ use redis::{Cmd, Pipeline, RedisFuture};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+pub(crate) mod quorum;
+
+pub use quorum::{QuorumLease, QuorumLock};
+
 use crate::error::{Error, LockLost, Result, is_fence_refusal};
 use crate::spec::{self, Mode, Spec};
-use crate::state::{IoBound, LeaseState, RETRY, Registry, SessionConn, Work, lock};
+use crate::state::{IoBound, LeaseState, QuorumLink, RETRY, Registry, SessionConn, Work, lock};
 use crate::sync::{Backend, DEFAULT_COMMAND_TIMEOUT, KEEPALIVE_CONNECTION_NAME};
 
 /// An async connection of either kind (both are cheap to clone: handles on one driver).
@@ -248,6 +252,8 @@ async fn keepalive_task(ka: Arc<Keepalive>, redis: Backend) {
             Work::Renew { lease, io_deadline } => {
                 if lease.session {
                     renew_session(&lease, io_deadline).await;
+                } else if let QuorumLink::Async(targets) = &lease.quorum {
+                    quorum::renew(&lease, targets, io_deadline).await;
                 } else {
                     renew(&lease, io_deadline, &redis, &mut conn).await;
                 }
@@ -489,6 +495,7 @@ impl Lock {
             session.map_or(SessionConn::None, |c| {
                 SessionConn::Async(Mutex::new(Some(c)))
             }),
+            QuorumLink::None,
             self.spec.keepalive(),
         );
         client.register(&state, &runtime);

@@ -44,6 +44,14 @@ pub enum Error {
         /// The server's own error text.
         server_error: String,
     },
+    /// Two servers of a quorum lock report the same `dlock.node-id` (`INFO dlock`), so they
+    /// could issue equal fencing tokens: give every server its own id.
+    DuplicateNodeId {
+        /// The node id both servers report.
+        node_id: i64,
+        /// The positions of the two servers in the list the quorum lock was made from.
+        servers: (usize, usize),
+    },
     /// Any other error, as the `redis` crate reports it (connection errors, `WRONGTYPE`, ...).
     Redis(redis::RedisError),
 }
@@ -59,6 +67,14 @@ impl fmt::Display for Error {
             Error::ModuleNotLoaded { server_error } => write!(
                 f,
                 "the dlock module is not loaded on this server ({server_error}): {MODULE_LOAD_HINT}"
+            ),
+            Error::DuplicateNodeId { node_id, servers } => write!(
+                f,
+                "servers {} and {} of the quorum lock both have dlock.node-id {node_id}, so they \
+                 could issue equal fencing tokens: set a distinct dlock.node-id (0 to 15) on \
+                 every server (`CONFIG SET dlock.node-id N`, `dlock.node-id N` in redis.conf, \
+                 or `loadmodule /path/to/libdlock.so node-id N`)",
+                servers.0, servers.1
             ),
             Error::Redis(e) => e.fmt(f),
         }

@@ -19,9 +19,59 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # Quorum locks
+//!
+//! [`QuorumLock`] (and [`aio::QuorumLock`]) holds an exclusive lock on a majority of N
+//! *independent* servers (masters that do not replicate each other; N odd, 3 or 5), so that
+//! losing or failing over a minority of them cannot hand the lock to two clients, and still
+//! gives a fencing token a resource can trust:
+//!
+//! 1. `DLOCK.ACQUIRE key owner ttl` goes to all N at once, with the same owner id everywhere
+//!    (a new random 128-bit hex id for each attempt unless [`QuorumLock::owner`] sets one);
+//! 2. when a majority granted within the validity window, `T` = the highest of their tokens,
+//!    and `DLOCK.FENCE key owner T` goes to the servers that granted;
+//! 3. the lock is held, with token `T`, only if a majority of FENCE replies were ≥ `T` before
+//!    the validity deadline; otherwise RELEASE goes to every server, and
+//!    [`acquire`](QuorumLock::acquire) retries after a random 10–60 ms pause until its wait
+//!    ends ([`Error::NotAcquired`]); [`try_acquire`](QuorumLock::try_acquire) makes one
+//!    attempt.
+//!
+//! A later holder's majority shares a server with this one's fenced majority; that server
+//! grants it only after this hold ended, from a clock FENCE raised to `T`, so its token is
+//! above `T`. Tokens from two servers must never be equal, so **every server needs its own
+//! `dlock.node-id`**: the first attempt reads each server's `dlock_node_id` (`INFO dlock`)
+//! and fails with [`Error::DuplicateNodeId`] when two share one.
+//!
+//! The [`QuorumLease`] has the single-server lease's interface and lost signal, with these
+//! differences. Its deadline counts from when the ACQUIREs were sent (minus the same drift
+//! allowance). `extend` and the keepalive (run by the first client's background threads)
+//! send EXTEND to every server: a majority of 1s moves the deadline; so many 0s that no
+//! majority is left mark the lease lost; errors alone do neither (the keepalive retries, and
+//! the deadline still ends the lease). `release` (and dropping the lease) sends RELEASE to
+//! every server and says whether a majority still had the lease. A server error or timeout
+//! during an acquire counts as a refusal, except a server without the module
+//! ([`Error::ModuleNotLoaded`]). **There is no `guard`**: the quorum's servers are not the
+//! resource, and `DLOCK.GUARD` on one of them could not know of the others' holders; the
+//! resource itself must accept a write only with a token at least the highest it has seen.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use dlock_client::{Client, QuorumLock};
+//!
+//! # fn main() -> dlock_client::Result<()> {
+//! let servers = ["redis://10.0.0.1/", "redis://10.0.0.2/", "redis://10.0.0.3/"];
+//! let clients = servers.iter().map(|url| Client::open(url)).collect::<Result<Vec<_>, _>>()?;
+//! let lease = QuorumLock::new(&clients, "report:lock").acquire(Some(Duration::from_secs(5)))?;
+//! // write_to_the_resource(lease.token(), ...): the resource refuses lower tokens.
+//! lease.release()?;
+//! # Ok(())
+//! # }
+//! ```
 #![deny(missing_docs)]
 
 mod error;
+mod quorum;
 mod spec;
 mod state;
 mod sync;
@@ -32,6 +82,6 @@ pub mod aio;
 pub use error::{Error, LockLost, MODULE_LOAD_HINT, Result};
 pub use spec::DEFAULT_TTL;
 pub use sync::{
-    Client, DEFAULT_COMMAND_TIMEOUT, KEEPALIVE_CONNECTION_NAME, Lease, Lock, ReadWriteLock,
-    Semaphore,
+    Client, DEFAULT_COMMAND_TIMEOUT, KEEPALIVE_CONNECTION_NAME, Lease, Lock, QuorumLease,
+    QuorumLock, ReadWriteLock, Semaphore,
 };

@@ -48,6 +48,14 @@ pub(crate) enum SessionConn {
     Async(Mutex<Option<crate::aio::AConn>>),
 }
 
+/// The servers a quorum lease is renewed on, all at once (`None` for other leases).
+pub(crate) enum QuorumLink {
+    None,
+    Sync(Vec<Arc<crate::sync::quorum::Target>>),
+    #[cfg(feature = "tokio")]
+    Async(Vec<Arc<crate::aio::quorum::Target>>),
+}
+
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A callback that panicked must not take every later lease operation down with it.
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -76,6 +84,7 @@ pub(crate) struct LeaseState {
     pub token: i64,
     pub session: bool,
     pub conn: SessionConn,
+    pub quorum: QuorumLink,
     pub keepalive: bool,
     inner: Mutex<Inner>,
     changed: Condvar,
@@ -84,6 +93,7 @@ pub(crate) struct LeaseState {
 }
 
 impl LeaseState {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         key: String,
         owner: String,
@@ -91,6 +101,7 @@ impl LeaseState {
         ttl: Duration,
         sent: Instant,
         conn: SessionConn,
+        quorum: QuorumLink,
         keepalive: bool,
     ) -> Arc<LeaseState> {
         let state = LeaseState {
@@ -99,6 +110,7 @@ impl LeaseState {
             token,
             session: !matches!(conn, SessionConn::None),
             conn,
+            quorum,
             keepalive,
             inner: Mutex::new(Inner {
                 ttl,

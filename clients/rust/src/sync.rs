@@ -7,9 +7,13 @@ use std::time::{Duration, Instant};
 
 use redis::{Connection, ConnectionLike, FromRedisValue, ToRedisArgs, Value};
 
+pub(crate) mod quorum;
+
+pub use quorum::{QuorumLease, QuorumLock};
+
 use crate::error::{Error, LockLost, Result, is_fence_refusal};
 use crate::spec::{self, Mode, Spec};
-use crate::state::{IoBound, LeaseState, RETRY, Registry, SessionConn, Work, lock};
+use crate::state::{IoBound, LeaseState, QuorumLink, RETRY, Registry, SessionConn, Work, lock};
 
 /// The name the keepalive connection gives itself (`CLIENT SETNAME`), to find it in
 /// `CLIENT LIST`.
@@ -328,6 +332,8 @@ fn keepalive_loop(ka: &Keepalive, redis: &Backend) {
             Work::Renew { lease, io_deadline } => {
                 if lease.session {
                     renew_session(&lease, io_deadline);
+                } else if let QuorumLink::Sync(targets) = &lease.quorum {
+                    quorum::renew(&lease, targets, io_deadline);
                 } else {
                     renew(&lease, io_deadline, redis, &mut conn);
                 }
@@ -532,6 +538,7 @@ impl Lock {
             session.map_or(SessionConn::None, |c| {
                 SessionConn::Sync(Mutex::new(Some(c)))
             }),
+            QuorumLink::None,
             self.spec.keepalive(),
         );
         client.register(&state);

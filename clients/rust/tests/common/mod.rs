@@ -44,6 +44,12 @@ impl Server {
         Server::launch(true, false)
     }
 
+    /// A server with the module loaded as `loadmodule PATH node-id ID` (its tokens end in
+    /// `id`), for quorum locks.
+    pub fn with_node_id(id: u8) -> Server {
+        Server::launch_with(true, false, &["node-id", &id.to_string()])
+    }
+
     /// A server without the module.
     pub fn without_module() -> Server {
         Server::launch(false, false)
@@ -55,6 +61,10 @@ impl Server {
     }
 
     fn launch(with_module: bool, cluster: bool) -> Server {
+        Server::launch_with(with_module, cluster, &[])
+    }
+
+    fn launch_with(with_module: bool, cluster: bool, module_args: &[&str]) -> Server {
         let module = with_module.then(module_path);
         let dir = std::env::temp_dir().join(format!(
             "dlock-client-test-{}-{}",
@@ -78,7 +88,7 @@ impl Server {
                 .args(["--save", "", "--appendonly", "no"])
                 .args(["--logfile", "redis.log"]);
             if let Some(module) = &module {
-                command.arg("--loadmodule").arg(module);
+                command.arg("--loadmodule").arg(module).args(module_args);
             }
             if cluster {
                 command.args([
@@ -251,6 +261,15 @@ pub fn holder(c: &mut Connection, key: &str) -> Option<String> {
         return None;
     };
     redis::from_redis_value(&fields[1]).ok()
+}
+
+/// `DLOCK.INFO`'s `token` for `key`, or None when free.
+pub fn token(c: &mut Connection, key: &str) -> Option<i64> {
+    let reply: Value = cmd("DLOCK.INFO").arg(key).query(c).expect("DLOCK.INFO");
+    let Value::Array(fields) = reply else {
+        return None;
+    };
+    redis::from_redis_value(&fields[3]).ok()
 }
 
 /// `DLOCK.INFO`'s `waiters` for `key` (0 when free).
