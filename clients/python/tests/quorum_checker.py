@@ -12,7 +12,8 @@ token.
   above the highest, or equal to it from the same holder (the lease that set it); an equal
   token from another holder is refused and recorded: a violation.
 - `--clients` processes (32) loop: acquire one of the keys' QuorumLock (ttl `--ttl`, kept
-  alive), then 1-3 times: check the lease, work up to 20 ms, write with the lease's token;
+  alive), then 1-3 times: check the lease's validity, work up to 20 ms, write with the
+  lease's token;
   then release. Each records its grant (when its ACQUIREs were sent, when the lease came
   back, when its work ended) in the resource server.
 - A fault thread, at random: kill -9 of one or two lock servers, their AOF cut back to its
@@ -54,6 +55,8 @@ from pathlib import Path
 from typing import Any
 
 import redis
+
+from redis_dlock._core import drift, to_ms
 
 from .server import Server
 
@@ -128,14 +131,17 @@ def client_loop(
                 continue
             returned = time.monotonic()
             if mode == "quorum":
-                token, holder = lease.token, lease.owner
+                token, holder, valid = lease.token, lease.owner, lease.valid
             else:
+                # Redlock's validity, as pottery computes it, on this process's clock.
+                until = sent + ttl - drift(to_ms(ttl))
                 token, holder = 0, f"{number}-{locks[key]._uuid}"
+                valid = lambda: time.monotonic() < until  # noqa: E731
             stats["grants"] += 1
             resource.set(f"{key}:holder_pid", os.getpid())
             end = returned
             for _ in range(rng.randint(1, 3)):
-                if mode == "quorum" and not lease.valid():
+                if not valid():
                     break
                 time.sleep(rng.uniform(0, 0.02))
                 outcome = write(keys=resource_keys(key), args=[token, holder])
