@@ -191,7 +191,7 @@ class Faults:
         self.counts: Counter[str] = Counter()
         self.lost_bytes = 0
         self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.run, name="faults")
+        self.thread = threading.Thread(target=self.run, name="faults", daemon=True)
         self.faketime = bool(shutil.which("faketime") and os.environ.get("FAKETIME_SERVER"))
 
     def run(self) -> None:
@@ -384,6 +384,9 @@ def run(
                 process.kill()
         return report(resource, names, faults, mode, clients, time.monotonic() - started)
     finally:
+        faults.stop.set()
+        if faults.thread.is_alive():
+            faults.thread.join()
         for process in processes:
             if process.is_alive():
                 process.kill()

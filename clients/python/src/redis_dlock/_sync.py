@@ -418,11 +418,13 @@ class _Lanes:
 
 def _round(
     lanes: _Lanes, commands: dict[int, tuple[Any, ...]], limit: float,
-    yes: Callable[[Reply], bool], until: Until,
+    yes: Callable[[Reply], bool], until: Until, calls_limit: float | None = None,
 ) -> Votes:
-    """Send each server its command in parallel; the replies that came as `until` says."""
+    """Send each server its command in parallel; the replies that came as `until` says, by
+    `limit`. Each command may take until `calls_limit` (default: `limit`), in its lane."""
     votes = Votes(len(lanes.nodes), commands, yes, time.monotonic())
-    futures = {lanes.submit(i, limit, command): i for i, command in commands.items()}
+    calls_limit = limit if calls_limit is None else calls_limit
+    futures = {lanes.submit(i, calls_limit, command): i for i, command in commands.items()}
     pending = set(futures)
     while pending:
         now = time.monotonic()
@@ -599,12 +601,12 @@ class QuorumLock(LockBase):
             token = self._grant(lanes, owner, sent)
         except BaseException:
             self._release_everywhere(
-                lanes, owner, time.monotonic() + retry_delay(self._spec.ttl_ms))
+                lanes, owner, time.monotonic() + retry_delay(self._spec.ttl_ms), sent)
             raise
         if token is not None:
             return QuorumLease(self._spec, token, owner, sent, lanes), sent
         retry_at = time.monotonic() + retry_delay(self._spec.ttl_ms)
-        self._release_everywhere(lanes, owner, retry_at)
+        self._release_everywhere(lanes, owner, retry_at, sent)
         return None, retry_at
 
     def _grant(self, lanes: _Lanes, owner: Owner, sent: float) -> int | None:
@@ -627,10 +629,14 @@ class QuorumLock(LockBase):
             raise error
         return token if fenced.won and time.monotonic() < deadline else None
 
-    def _release_everywhere(self, lanes: _Lanes, owner: Owner, limit: float) -> None:
-        """RELEASE on every server, waiting for the replies until `limit`."""
+    def _release_everywhere(
+        self, lanes: _Lanes, owner: Owner, limit: float, sent: float,
+    ) -> None:
+        """RELEASE on every server of the attempt whose ACQUIREs left at `sent`, waiting for
+        the replies until `limit`; each RELEASE may take until that attempt's holds end."""
         command = ("DLOCK.RELEASE", self._spec.key, owner)
-        _round(lanes, lanes.everywhere(command), limit, lambda reply: reply == 1, "all")
+        _round(lanes, lanes.everywhere(command), limit, lambda reply: reply == 1, "all",
+               sent + self._spec.ttl_ms / 1000)
 
     def __enter__(self) -> QuorumLease:
         lease = self.acquire()

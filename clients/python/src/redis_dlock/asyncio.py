@@ -428,12 +428,14 @@ class _Lanes:
 
 async def _round(
     lanes: _Lanes, commands: dict[int, tuple[Any, ...]], limit: float,
-    yes: Callable[[Reply], bool], until: Until,
+    yes: Callable[[Reply], bool], until: Until, calls_limit: float | None = None,
 ) -> Votes:
     """Send each server its command in parallel, one task each; the replies that came as
-    `until` says. The commands still waiting go on until `limit`, in their lanes."""
+    `until` says, by `limit`. Each command may take until `calls_limit` (default: `limit`),
+    in its lane."""
     votes = Votes(len(lanes.clients), commands, yes, time.monotonic())
-    tasks = {lanes.submit(i, limit, command): i for i, command in commands.items()}
+    calls_limit = limit if calls_limit is None else calls_limit
+    tasks = {lanes.submit(i, calls_limit, command): i for i, command in commands.items()}
     pending = set(tasks)
     while pending:
         wait_for = votes.wait_until(until, limit) - time.monotonic()
@@ -621,12 +623,12 @@ class QuorumLock(LockBase):
             token = await self._grant(lanes, owner, sent)
         except BaseException:
             await self._release_everywhere(
-                lanes, owner, time.monotonic() + retry_delay(self._spec.ttl_ms))
+                lanes, owner, time.monotonic() + retry_delay(self._spec.ttl_ms), sent)
             raise
         if token is not None:
             return QuorumLease(self._spec, token, owner, sent, lanes), sent
         retry_at = time.monotonic() + retry_delay(self._spec.ttl_ms)
-        await self._release_everywhere(lanes, owner, retry_at)
+        await self._release_everywhere(lanes, owner, retry_at, sent)
         return None, retry_at
 
     async def _grant(self, lanes: _Lanes, owner: Owner, sent: float) -> int | None:
@@ -650,10 +652,14 @@ class QuorumLock(LockBase):
             raise error
         return token if fenced.won and time.monotonic() < deadline else None
 
-    async def _release_everywhere(self, lanes: _Lanes, owner: Owner, limit: float) -> None:
-        """RELEASE on every server, waiting for the replies until `limit`."""
+    async def _release_everywhere(
+        self, lanes: _Lanes, owner: Owner, limit: float, sent: float,
+    ) -> None:
+        """RELEASE on every server of the attempt whose ACQUIREs left at `sent`, waiting for
+        the replies until `limit`; each RELEASE may take until that attempt's holds end."""
         command = ("DLOCK.RELEASE", self._spec.key, owner)
-        await _round(lanes, lanes.everywhere(command), limit, lambda reply: reply == 1, "all")
+        await _round(lanes, lanes.everywhere(command), limit, lambda reply: reply == 1,
+                     "all", sent + self._spec.ttl_ms / 1000)
 
     async def __aenter__(self) -> QuorumLease:
         lease = await self.acquire()
