@@ -113,11 +113,18 @@ fn the_redlock_contrast_runs_under_torture() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let seconds = std::env::var("QUORUM_SECONDS").unwrap_or_else(|_| "600".to_string());
     let stdout = succeed(
-        python("tests.quorum_checker", &["--seconds", &seconds, "--redlock"]),
+        python(
+            "tests.quorum_checker",
+            &["--seconds", &seconds, "--redlock"],
+        ),
         "the Redlock contrast",
     );
     // Without pottery (no network for pip) the checker says why on stderr and prints nothing.
-    if let Some(summary) = stdout.lines().rev().find(|l| l.starts_with("redlock contrast")) {
+    if let Some(summary) = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("redlock contrast"))
+    {
         println!("{summary}");
         assert!(figure(summary, "grants") > 0, "{summary}");
     }
