@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import redis
 
@@ -43,22 +43,38 @@ def wait_until(what: str, condition: Callable[[], Any], limit: float = 10.0) -> 
 class Server:
     """A redis-server with the module loaded (or not, with `module=False`)."""
 
-    def __init__(self, module: bool = True, *config: str) -> None:
+    def __init__(
+        self, module: bool = True, *config: str, module_args: Sequence[str] = (),
+    ) -> None:
         self.dir = tempfile.mkdtemp(prefix="dlock-py-")
-        args = ["--bind", "127.0.0.1", "--save", "", "--enable-debug-command", "yes",
-                "--dir", self.dir, "--logfile", "redis.log", *config]
+        self._args = ["--bind", "127.0.0.1", "--save", "", "--enable-debug-command", "yes",
+                      "--dir", self.dir, "--logfile", "redis.log", *config]
         if module:
-            args += ["--loadmodule", MODULE]
+            self._args += ["--loadmodule", MODULE, *module_args]
         # Another process may take the probed port before the server binds it: retry.
         for _ in range(20):
             self.port = free_port()
-            self.process = subprocess.Popen(
-                [REDIS_SERVER, "--port", str(self.port), *args],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            if self._answers():
+            if self._launch():
                 return
             self.kill()
         raise RuntimeError(f"redis-server did not start; see {self.dir}/redis.log")
+
+    def _launch(self) -> bool:
+        self.process = subprocess.Popen(
+            [REDIS_SERVER, "--port", str(self.port), *self._args],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return self._answers()
+
+    def restart(self) -> None:
+        """kill -9, then start again on the same port from the same directory (its AOF or
+        RDB files, less whatever was not yet written to disk)."""
+        self.kill()
+        for _ in range(100):
+            if self._launch():
+                return
+            self.kill()
+            time.sleep(0.05)
+        raise RuntimeError(f"redis-server did not restart; see {self.dir}/redis.log")
 
     def _answers(self) -> bool:
         deadline = time.monotonic() + 10

@@ -4,12 +4,17 @@
 validity deadline, a keepalive that renews it in the background, and a `lost` event that is
 set no later than that deadline when the lease cannot be kept. `redis_dlock.asyncio` offers
 the same names for `redis.asyncio.Redis`.
+
+`QuorumLock([client1, ..., clientN], key)` holds a lock on a majority of N independent
+servers with a fencing token a resource can trust (see QUORUM.md).
 """
 
-from ._sync import Lease, Lock, ReadWriteLock, Semaphore
-from .errors import DlockError, LockLost, ModuleNotLoaded, NotAcquired, NotHeld
+from ._sync import Lease, Lock, QuorumLease, QuorumLock, ReadWriteLock, Semaphore
+from .errors import (
+    DlockError, LockLost, ModuleNotLoaded, NodeIdConflict, NotAcquired, NotHeld,
+)
 
 __all__ = [
-    "DlockError", "Lease", "Lock", "LockLost", "ModuleNotLoaded", "NotAcquired", "NotHeld",
-    "ReadWriteLock", "Semaphore",
+    "DlockError", "Lease", "Lock", "LockLost", "ModuleNotLoaded", "NodeIdConflict",
+    "NotAcquired", "NotHeld", "QuorumLease", "QuorumLock", "ReadWriteLock", "Semaphore",
 ]

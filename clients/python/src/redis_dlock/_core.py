@@ -31,6 +31,11 @@ timeouts count whole milliseconds, and closing the connection takes time too."""
 
 KEEPALIVE_NAME = "dlock-keepalive"
 SESSION_NAME = "dlock-session"
+QUORUM_NAME = "dlock-quorum"
+
+QUORUM_TIMEOUT = 1.0
+"""Seconds a quorum lock's connection may take to connect and greet a server when the
+client sets no socket_timeout (replies are awaited only until the lease's deadline)."""
 
 log = logging.getLogger("redis_dlock")
 

@@ -41,3 +41,8 @@ def translate(error: ResponseError) -> Exception:
 def is_fence_refusal(error: ResponseError) -> bool:
     """Whether DLOCK.GUARD refused because the token is not a live holder's."""
     return "fenced write refused" in str(error)
+
+
+class NodeIdConflict(DlockError):
+    """Two servers of a quorum lock have the same dlock.node-id, so their tokens could be
+    equal."""
