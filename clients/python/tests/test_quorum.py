@@ -12,7 +12,7 @@ from typing import Any
 import redis
 
 import redis_dlock.asyncio as aio
-from redis_dlock import LockLost, NodeIdConflict, NotAcquired, NotHeld, QuorumLock
+from redis_dlock import LockLost, DuplicateNodeId, NotAcquired, NotHeld, QuorumLock
 from redis_dlock._core import drift
 
 from .server import Server, wait_until
@@ -220,7 +220,7 @@ class SyncQuorumTest(QuorumServers, unittest.TestCase):
         self.rs[1].config_set("dlock.node-id", NODE_IDS[0])
         try:
             fresh = [server.client() for server in self.servers]
-            with self.assertRaises(NodeIdConflict) as caught:
+            with self.assertRaises(DuplicateNodeId) as caught:
                 QuorumLock(fresh, self.key, 5).acquire()
             self.assertIn("dlock.node-id 1", str(caught.exception))
             for r in self.rs:
@@ -233,7 +233,7 @@ class SyncQuorumTest(QuorumServers, unittest.TestCase):
         lock.acquire().release()
         self.rs[1].config_set("dlock.node-id", NODE_IDS[0])
         try:
-            with self.assertRaises(NodeIdConflict):
+            with self.assertRaises(DuplicateNodeId):
                 lock.acquire()
             for r in self.rs:
                 self.assertIsNone(info(r, self.key))
@@ -345,7 +345,7 @@ class AsyncQuorumTest(QuorumServers, unittest.IsolatedAsyncioTestCase):
         self.rs[2].config_set("dlock.node-id", NODE_IDS[0])
         try:
             fresh = [server.async_client() for server in self.servers]
-            with self.assertRaises(NodeIdConflict):
+            with self.assertRaises(DuplicateNodeId):
                 await aio.QuorumLock(fresh, self.key, 5).acquire()
             for r in fresh:
                 await r.aclose()

@@ -6,15 +6,16 @@ set no later than that deadline when the lease cannot be kept. `redis_dlock.asyn
 the same names for `redis.asyncio.Redis`.
 
 `QuorumLock([client1, ..., clientN], key)` holds a lock on a majority of N independent
-servers with a fencing token a resource can trust (see QUORUM.md).
+servers with a fencing token a resource can trust (see the README's "Quorum locks across
+independent servers").
 """
 
 from ._sync import Lease, Lock, QuorumLease, QuorumLock, ReadWriteLock, Semaphore
 from .errors import (
-    DlockError, LockLost, ModuleNotLoaded, NodeIdConflict, NotAcquired, NotHeld,
+    DlockError, LockLost, ModuleNotLoaded, DuplicateNodeId, NotAcquired, NotHeld,
 )
 
 __all__ = [
-    "DlockError", "Lease", "Lock", "LockLost", "ModuleNotLoaded", "NodeIdConflict",
+    "DlockError", "Lease", "Lock", "LockLost", "ModuleNotLoaded", "DuplicateNodeId",
     "NotAcquired", "NotHeld", "QuorumLease", "QuorumLock", "ReadWriteLock", "Semaphore",
 ]

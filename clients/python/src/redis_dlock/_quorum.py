@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Literal
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .errors import ModuleNotLoaded, NodeIdConflict
+from .errors import ModuleNotLoaded, DuplicateNodeId
 
 NODE_MASK = 0xF
 """The low bits of a token that hold the issuing server's dlock.node-id."""
@@ -134,13 +134,13 @@ def is_connection_error(error: Exception) -> bool:
 
 
 def fence_token(grants: dict[int, Reply]) -> int:
-    """T: the highest token granted. Raises `NodeIdConflict` when two granting servers'
+    """T: the highest token granted. Raises `DuplicateNodeId` when two granting servers'
     tokens carry the same node id (tokens of two servers could then be equal)."""
     nodes: dict[int, int] = {}
     for server, token in sorted(grants.items()):
         node = token & NODE_MASK
         if node in nodes:
-            raise NodeIdConflict(conflict_message(nodes[node], server, node))
+            raise DuplicateNodeId(conflict_message(nodes[node], server, node))
         nodes[node] = server
     return max(grants.values())
 
@@ -159,7 +159,7 @@ def node_id_of(info: Reply) -> int | None:
 
 def node_ids(known: dict[int, int], infos: dict[int, Reply]) -> dict[int, int]:
     """`known` and the node ids of the servers that answered `INFO dlock` in `infos`; raises
-    `NodeIdConflict` when two servers share one, `ModuleNotLoaded` for a server without the
+    `DuplicateNodeId` when two servers share one, `ModuleNotLoaded` for a server without the
     module. A server that did not answer is left out, to be asked again next time."""
     ids = dict(known)
     for server, info in sorted(infos.items()):
@@ -175,7 +175,7 @@ def node_ids(known: dict[int, int], infos: dict[int, Reply]) -> dict[int, int]:
     seen: dict[int, int] = {}
     for server, node in sorted(ids.items()):
         if node in seen:
-            raise NodeIdConflict(conflict_message(seen[node], server, node))
+            raise DuplicateNodeId(conflict_message(seen[node], server, node))
         seen[node] = server
     return ids
 

@@ -471,7 +471,7 @@ class QuorumLease(LeaseCore):
     """A quorum lock's lease: `Lease`'s interface (`token`, `owner`, `key`, `deadline`,
     `remaining()`, `valid()`, `extend()`, `release()`, `lost`, `on_lost()`, `check()`, a
     context manager), without `guard()`: no single server can check the token of a quorum
-    lock, the resource must (see QUORUM.md).
+    lock, the resource must (README: "Quorum locks across independent servers").
 
     `token` is T, the highest token the servers granted, which a majority of them hold after
     FENCE. `lost` is a `threading.Event`.
@@ -559,7 +559,7 @@ class QuorumLock(LockBase):
     def acquire(self, wait: float | None = None) -> QuorumLease:
         """Attempt until a majority grants the lock, for up to `wait` seconds (None: forever).
 
-        Raises `NotAcquired` when the time runs out, `NodeIdConflict` when two servers share
+        Raises `NotAcquired` when the time runs out, `DuplicateNodeId` when two servers share
         a node id.
         """
         limit = math.inf if wait is None else time.monotonic() + wait

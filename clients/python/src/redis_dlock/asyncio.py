@@ -25,12 +25,12 @@ from ._quorum import (
     Reply, Until, Votes, fence_token, is_token, majority, new_owner, node_ids, retry_delay,
 )
 from .errors import (
-    DlockError, LockLost, ModuleNotLoaded, NodeIdConflict, NotAcquired, NotHeld,
+    DlockError, LockLost, ModuleNotLoaded, DuplicateNodeId, NotAcquired, NotHeld,
     is_fence_refusal, translate,
 )
 
 __all__ = [
-    "DlockError", "Lease", "Lock", "LockLost", "ModuleNotLoaded", "NodeIdConflict",
+    "DlockError", "Lease", "Lock", "LockLost", "ModuleNotLoaded", "DuplicateNodeId",
     "NotAcquired", "NotHeld", "QuorumLease", "QuorumLock", "ReadWriteLock", "Semaphore",
 ]
 
@@ -485,7 +485,7 @@ class QuorumLease(LeaseCore):
     """A quorum lock's lease: `Lease`'s interface (`token`, `owner`, `key`, `deadline`,
     `remaining()`, `valid()`, `await extend()`, `await release()`, `lost`, `on_lost()`,
     `check()`, `async with`), without `guard()`: no single server can check the token of a
-    quorum lock, the resource must (see QUORUM.md).
+    quorum lock, the resource must (README: "Quorum locks across independent servers").
 
     `token` is T, the highest token the servers granted, which a majority of them hold after
     FENCE. `lost` is an `asyncio.Event`.
@@ -576,7 +576,7 @@ class QuorumLock(LockBase):
         """Attempt until a majority grants the lock, for up to `wait` seconds (None:
         forever). Await it for the `QuorumLease`, or `async with` it.
 
-        Raises `NotAcquired` when the time runs out, `NodeIdConflict` when two servers share
+        Raises `NotAcquired` when the time runs out, `DuplicateNodeId` when two servers share
         a node id.
         """
         return _Acquiring(self._acquire_or_raise(wait))

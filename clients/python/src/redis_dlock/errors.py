@@ -43,6 +43,6 @@ def is_fence_refusal(error: ResponseError) -> bool:
     return "fenced write refused" in str(error)
 
 
-class NodeIdConflict(DlockError):
+class DuplicateNodeId(DlockError):
     """Two servers of a quorum lock have the same dlock.node-id, so their tokens could be
     equal."""
