@@ -19,7 +19,7 @@ pub(crate) mod quorum;
 
 pub use quorum::{QuorumLease, QuorumLock};
 
-use crate::error::{Error, LockLost, Result, is_fence_refusal};
+use crate::error::{Error, Result, is_fence_refusal};
 use crate::spec::{self, Mode, Spec};
 use crate::state::{IoBound, LeaseState, QuorumLink, RETRY, Registry, SessionConn, Work, lock};
 use crate::sync::{Backend, DEFAULT_COMMAND_TIMEOUT, KEEPALIVE_CONNECTION_NAME};
@@ -591,67 +591,7 @@ pub struct Lease {
 }
 
 impl Lease {
-    /// The fencing token of this grant.
-    pub fn token(&self) -> i64 {
-        self.state.token
-    }
-
-    /// The owner id (server-generated unless the lock set one).
-    pub fn owner(&self) -> &str {
-        &self.state.owner
-    }
-
-    /// The lock's key.
-    pub fn key(&self) -> &str {
-        &self.state.key
-    }
-
-    /// The local validity deadline (see [`crate::Lease::deadline`]).
-    pub fn deadline(&self) -> Instant {
-        self.state.deadline()
-    }
-
-    /// The time left before the deadline (zero after it).
-    pub fn remaining(&self) -> Duration {
-        self.state.remaining()
-    }
-
-    /// Not lost, not released, and before the deadline.
-    pub fn valid(&self) -> bool {
-        self.state.valid()
-    }
-
-    /// Whether the lease is lost (exact: true from the deadline on).
-    pub fn is_lost(&self) -> bool {
-        self.state.is_lost()
-    }
-
-    /// A watch channel that turns `true` when the lease is lost (at the latest at its
-    /// deadline); it closes without turning true once the lease is released and dropped.
-    pub fn lost(&self) -> tokio::sync::watch::Receiver<bool> {
-        self.state.subscribe()
-    }
-
-    /// Run `callback` once when the lease is lost (at once if it already is), on the task
-    /// that notices: keep it short.
-    pub fn on_lost(&self, callback: impl FnOnce() + Send + 'static) {
-        self.state.on_lost(Box::new(callback));
-    }
-
-    /// `Err(LockLost)` when the lease is lost.
-    pub fn check(&self) -> std::result::Result<(), LockLost> {
-        if self.state.is_lost() {
-            Err(self.lost_error())
-        } else {
-            Ok(())
-        }
-    }
-
-    fn lost_error(&self) -> LockLost {
-        LockLost {
-            key: self.state.key.clone(),
-        }
-    }
+    lease_view!();
 
     /// Renew the lease for `ttl` (or its current ttl); [`Error::LockLost`] (and the lease
     /// marked lost) when the server no longer has it.

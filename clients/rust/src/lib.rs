@@ -70,6 +70,81 @@
 //! ```
 #![deny(missing_docs)]
 
+/// The read side of a lease, the same for every kind (`Lease`, `QuorumLease`, blocking and
+/// tokio): accessors over its shared state and the lost signal.
+macro_rules! lease_view {
+    () => {
+        /// The fencing token of this grant (for a quorum lease, the highest token of the
+        /// grants, recorded on a majority by FENCE).
+        pub fn token(&self) -> i64 {
+            self.state.token
+        }
+
+        /// The owner id: server-generated unless the lock set one; for a quorum lease, the
+        /// same on every server.
+        pub fn owner(&self) -> &str {
+            &self.state.owner
+        }
+
+        /// The lock's key.
+        pub fn key(&self) -> &str {
+            &self.state.key
+        }
+
+        /// The local validity deadline: when the request that granted the lease, or last
+        /// renewed it (a majority's, for a quorum lease), was sent, plus the ttl, minus a
+        /// drift allowance of ttl/100 + 2 ms.
+        pub fn deadline(&self) -> std::time::Instant {
+            self.state.deadline()
+        }
+
+        /// The time left before the deadline (zero after it).
+        pub fn remaining(&self) -> std::time::Duration {
+            self.state.remaining()
+        }
+
+        /// Not lost, not released, and before the deadline.
+        pub fn valid(&self) -> bool {
+            self.state.valid()
+        }
+
+        /// Whether the lease is lost. Exact at any moment: true from the deadline on even if
+        /// the keepalive has not woken yet.
+        pub fn is_lost(&self) -> bool {
+            self.state.is_lost()
+        }
+
+        /// Run `callback` once when the lease is lost (at once if it already is). It runs on
+        /// the thread or task that notices the loss, usually the client's background one:
+        /// keep it short (it may release or drop this lease).
+        pub fn on_lost(&self, callback: impl FnOnce() + Send + 'static) {
+            self.state.on_lost(Box::new(callback));
+        }
+
+        /// A watch channel that turns `true` when the lease is lost (at the latest at its
+        /// deadline); it closes without turning true once the lease is released and dropped.
+        #[cfg(feature = "tokio")]
+        pub fn lost(&self) -> tokio::sync::watch::Receiver<bool> {
+            self.state.subscribe()
+        }
+
+        /// `Err(LockLost)` when the lease is lost.
+        pub fn check(&self) -> std::result::Result<(), $crate::LockLost> {
+            if self.state.is_lost() {
+                Err(self.lost_error())
+            } else {
+                Ok(())
+            }
+        }
+
+        fn lost_error(&self) -> $crate::LockLost {
+            $crate::LockLost {
+                key: self.state.key.clone(),
+            }
+        }
+    };
+}
+
 mod error;
 mod quorum;
 mod spec;

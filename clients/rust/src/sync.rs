@@ -11,7 +11,7 @@ pub(crate) mod quorum;
 
 pub use quorum::{QuorumLease, QuorumLock};
 
-use crate::error::{Error, LockLost, Result, is_fence_refusal};
+use crate::error::{Error, Result, is_fence_refusal};
 use crate::spec::{self, Mode, Spec};
 use crate::state::{IoBound, LeaseState, QuorumLink, RETRY, Registry, SessionConn, Work, lock};
 
@@ -634,76 +634,12 @@ pub struct Lease {
 }
 
 impl Lease {
-    /// The fencing token of this grant.
-    pub fn token(&self) -> i64 {
-        self.state.token
-    }
-
-    /// The owner id (server-generated unless the lock set one).
-    pub fn owner(&self) -> &str {
-        &self.state.owner
-    }
-
-    /// The lock's key.
-    pub fn key(&self) -> &str {
-        &self.state.key
-    }
-
-    /// The local validity deadline: when the request that granted (or last extended) the
-    /// lease was sent, plus the ttl, minus a drift allowance of ttl/100 + 2 ms.
-    pub fn deadline(&self) -> Instant {
-        self.state.deadline()
-    }
-
-    /// The time left before the deadline (zero after it).
-    pub fn remaining(&self) -> Duration {
-        self.state.remaining()
-    }
-
-    /// Not lost, not released, and before the deadline.
-    pub fn valid(&self) -> bool {
-        self.state.valid()
-    }
-
-    /// Whether the lease is lost. Exact at any moment: true from the deadline on even if the
-    /// keepalive has not woken yet.
-    pub fn is_lost(&self) -> bool {
-        self.state.is_lost()
-    }
+    lease_view!();
 
     /// Block until the lease is lost (true) or it is released or `timeout` passes (false);
     /// `None` waits without limit. Returns at the deadline by itself.
     pub fn wait_lost(&self, timeout: Option<Duration>) -> bool {
         self.state.wait_lost(timeout)
-    }
-
-    /// Run `callback` once when the lease is lost (at once if it already is). It runs on the
-    /// thread that notices the loss, usually a background thread of the client: keep it short
-    /// (it may release or drop this lease).
-    pub fn on_lost(&self, callback: impl FnOnce() + Send + 'static) {
-        self.state.on_lost(Box::new(callback));
-    }
-
-    /// A watch channel that turns `true` when the lease is lost; it closes without turning
-    /// true once the lease is released and dropped.
-    #[cfg(feature = "tokio")]
-    pub fn lost(&self) -> tokio::sync::watch::Receiver<bool> {
-        self.state.subscribe()
-    }
-
-    /// `Err(LockLost)` when the lease is lost.
-    pub fn check(&self) -> std::result::Result<(), LockLost> {
-        if self.state.is_lost() {
-            Err(self.lost_error())
-        } else {
-            Ok(())
-        }
-    }
-
-    fn lost_error(&self) -> LockLost {
-        LockLost {
-            key: self.state.key.clone(),
-        }
     }
 
     /// Renew the lease for `ttl` (or its current ttl); when the server no longer has it the

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use redis::Value;
 
 use super::{Backend, Client, Conn, budget, keepalive_connection, set_timeouts, spawn};
-use crate::error::{Error, LockLost, Result};
+use crate::error::{Error, Result};
 use crate::quorum::{self, GRACE, Granted, Tally, Vote, Wait};
 use crate::spec::{self, Mode, Spec};
 use crate::state::{self, LeaseState, QuorumLink, RETRY, SessionConn, lock};
@@ -398,72 +398,11 @@ pub struct QuorumLease {
 }
 
 impl QuorumLease {
-    /// The fencing token: the highest token of the grants, recorded on a majority by FENCE.
-    pub fn token(&self) -> i64 {
-        self.state.token
-    }
-
-    /// The owner id, the same on every server.
-    pub fn owner(&self) -> &str {
-        &self.state.owner
-    }
-
-    /// The lock's key.
-    pub fn key(&self) -> &str {
-        &self.state.key
-    }
-
-    /// The local validity deadline: when the ACQUIREs (or the last EXTENDs a majority
-    /// confirmed) were sent, plus the ttl, minus a drift allowance of ttl/100 + 2 ms.
-    pub fn deadline(&self) -> Instant {
-        self.state.deadline()
-    }
-
-    /// The time left before the deadline (zero after it).
-    pub fn remaining(&self) -> Duration {
-        self.state.remaining()
-    }
-
-    /// Not lost, not released, and before the deadline.
-    pub fn valid(&self) -> bool {
-        self.state.valid()
-    }
-
-    /// Whether the lease is lost (exact: true from the deadline on).
-    pub fn is_lost(&self) -> bool {
-        self.state.is_lost()
-    }
+    lease_view!();
 
     /// Block until the lease is lost (true) or released or `timeout` passes (false).
     pub fn wait_lost(&self, timeout: Option<Duration>) -> bool {
         self.state.wait_lost(timeout)
-    }
-
-    /// Run `callback` once when the lease is lost (at once if it already is), on the thread
-    /// that notices: keep it short.
-    pub fn on_lost(&self, callback: impl FnOnce() + Send + 'static) {
-        self.state.on_lost(Box::new(callback));
-    }
-
-    /// A watch channel that turns `true` when the lease is lost.
-    #[cfg(feature = "tokio")]
-    pub fn lost(&self) -> tokio::sync::watch::Receiver<bool> {
-        self.state.subscribe()
-    }
-
-    /// `Err(LockLost)` when the lease is lost.
-    pub fn check(&self) -> std::result::Result<(), LockLost> {
-        if self.state.is_lost() {
-            Err(self.lost_error())
-        } else {
-            Ok(())
-        }
-    }
-
-    fn lost_error(&self) -> LockLost {
-        LockLost {
-            key: self.state.key.clone(),
-        }
     }
 
     /// EXTEND on every server for `ttl` (or the current ttl): a majority of 1s moves the
