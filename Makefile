@@ -33,7 +33,7 @@ test: build lint
 	$(CARGO) test --release --workspace
 
 # dlock against SET NX PX, the Lua recipes and polling clients on one server, as ratios
-# (about 6 minutes). ARGS="--only contention" runs one section.
+# (about 12 minutes on 2 cores). ARGS="--only contention" runs one section.
 bench: build
 	$(CARGO) bench --bench dlock -- $(ARGS)
 
