@@ -21,7 +21,9 @@
 //!
 //! It prints a table and writes the same figures to `target/bench/latest.json`.
 //! `-- --smoke` runs everything on tiny sizes in seconds (CI uses it to keep this working);
-//! `-- --only SECTION` runs one section at full size.
+//! `-- --only SECTION` runs one section at full size (`--only` alone lists them). Each section
+//! is announced with what it runs and how long it took last time, and reports its progress
+//! every 10 s.
 
 mod cluster;
 #[path = "../../tests/common/mod.rs"]
@@ -34,6 +36,11 @@ mod modes;
 mod report;
 mod scaling;
 mod throughput;
+
+use std::collections::HashMap;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::thread;
+use std::time::{Duration, Instant};
 
 use common::{Connection, Server, cmd};
 
@@ -147,17 +154,111 @@ pub fn flushall(c: &mut Connection) {
     let _: () = cmd("FLUSHALL").arg("SYNC").query(c).expect("FLUSHALL");
 }
 
+/// What one section runs, for its announcement and `--only`'s list.
+struct Section {
+    name: &'static str,
+    what: &'static str,
+    run: fn(&Server, &mut Connection, &Sizes, &mut Vec<report::Figure>),
+}
+
+const SECTIONS: [Section; 8] = [
+    Section {
+        name: "throughput",
+        what: "redis-benchmark: ACQUIRE/RELEASE/EXTEND/GUARD vs SET NX PX and the EVALSHA scripts",
+        run: throughput::throughput,
+    },
+    Section {
+        name: "memory",
+        what: "bytes per held lock at 1M locks vs SET NX PX strings",
+        run: |_, c, sizes, figures| memory::memory(c, sizes, figures),
+    },
+    Section {
+        name: "contention",
+        what: "contended hand-over on one key vs SET NX PX pollers",
+        run: contention::contention,
+    },
+    Section {
+        name: "expiry",
+        what: "how soon a waiter gets a lock whose lease ended vs a poller",
+        run: expiry::expiry,
+    },
+    Section {
+        name: "scaling",
+        what: "throughput with 1k-1M locks held, hand-over with 1-10k waiters queued",
+        run: scaling::scaling,
+    },
+    Section {
+        name: "modes",
+        what: "shared locks and semaphores vs Redisson-style Lua",
+        run: modes::modes,
+    },
+    Section {
+        name: "holders",
+        what: "per-command cost with 1k-100k holders of one key, mass hand-overs, worst PING",
+        run: holders::holders,
+    },
+    Section {
+        name: "cluster",
+        what: "a local Redis Cluster: commands routed by key",
+        run: cluster::cluster,
+    },
+];
+
+/// How long each section took in the last full run (`target/bench/durations.txt`, one
+/// `name seconds` line each), for the next run's announcements.
+fn durations_file() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench/durations.txt")
+}
+
+fn last_durations() -> HashMap<String, u64> {
+    std::fs::read_to_string(durations_file())
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| {
+            let (name, seconds) = line.split_once(' ')?;
+            Some((name.to_string(), seconds.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// Run `section`, printing a line of progress every 10 s while it runs; how long it took.
+fn timed(
+    section: &Section,
+    server: &Server,
+    c: &mut Connection,
+    sizes: &Sizes,
+    figures: &mut Vec<report::Figure>,
+) -> Duration {
+    let started = Instant::now();
+    let (done, ticks) = mpsc::channel::<()>();
+    let name = section.name;
+    let ticker = thread::spawn(move || {
+        while let Err(RecvTimeoutError::Timeout) = ticks.recv_timeout(Duration::from_secs(10)) {
+            eprintln!("   {name}: {} s so far", started.elapsed().as_secs());
+        }
+    });
+    (section.run)(server, c, sizes, figures);
+    drop(done);
+    let _ = ticker.join();
+    started.elapsed()
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let smoke = args.iter().any(|a| a == "--smoke");
-    // `--only NAME` runs one section: throughput, memory, contention, expiry, scaling, modes,
-    // holders or cluster.
     let only = args
         .iter()
         .position(|a| a == "--only")
-        .and_then(|i| args.get(i + 1))
-        .cloned();
-    let run = |section: &str| only.as_deref().is_none_or(|o| o == section);
+        .map(|i| args.get(i + 1).cloned().unwrap_or_default());
+    if let Some(name) = only.as_deref()
+        && !SECTIONS.iter().any(|s| s.name == name)
+    {
+        eprintln!("--only takes one of these sections:");
+        for section in &SECTIONS {
+            eprintln!("  {:<11} {}", section.name, section.what);
+        }
+        std::process::exit(2);
+    }
     let sizes = if smoke { &SMOKE } else { &FULL };
     let server = Server::with_config(&[
         ("appendonly", "no"),
@@ -173,30 +274,37 @@ fn main() {
         .trim()
         .to_string();
 
+    let expected = last_durations();
+    let mut took = Vec::new();
     let mut figures = vec![];
-    if run("throughput") {
-        throughput::throughput(&server, &mut c, sizes, &mut figures);
+    let started = Instant::now();
+    let chosen = SECTIONS
+        .iter()
+        .filter(|s| only.as_deref().is_none_or(|o| o == s.name));
+    for section in chosen {
+        let estimate = match expected.get(section.name) {
+            _ if smoke => "smoke sizes: seconds".to_string(),
+            Some(seconds) => format!("about {seconds} s, as last time"),
+            None => "no estimate yet: this run records one".to_string(),
+        };
+        eprintln!("== {}: {} ({estimate})", section.name, section.what);
+        let elapsed = timed(section, &server, &mut c, sizes, &mut figures);
+        eprintln!("   {} done in {:.0} s", section.name, elapsed.as_secs_f64());
+        took.push((section.name, elapsed.as_secs_f64().round() as u64));
     }
-    if run("memory") {
-        memory::memory(&mut c, sizes, &mut figures);
-    }
-    if run("contention") {
-        contention::contention(&server, &mut c, sizes, &mut figures);
-    }
-    if run("expiry") {
-        expiry::expiry(&server, &mut c, sizes, &mut figures);
-    }
-    if run("scaling") {
-        scaling::scaling(&server, &mut c, sizes, &mut figures);
-    }
-    if run("modes") {
-        modes::modes(&server, &mut c, sizes, &mut figures);
-    }
-    if run("holders") {
-        holders::holders(&server, &mut c, sizes, &mut figures);
-    }
-    if run("cluster") {
-        cluster::cluster(&server, &mut c, sizes, &mut figures);
+    eprintln!(
+        "all sections done in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    if !smoke {
+        let mut durations = expected;
+        durations.extend(took.iter().map(|(name, s)| (name.to_string(), *s)));
+        let mut lines: Vec<String> = durations.iter().map(|(n, s)| format!("{n} {s}")).collect();
+        lines.sort();
+        if let Some(dir) = durations_file().parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let _ = std::fs::write(durations_file(), lines.join("\n") + "\n");
     }
 
     let machine = format!("{}, Redis {version}", report::machine());
