@@ -8,57 +8,15 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::sync::Mutex;
+
+use common::{python_client, succeed};
 
 /// One at a time: each run starts several servers and dozens of processes on a small machine.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn package() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/python")
-}
-
 fn long() -> bool {
     std::env::var_os("DLOCK_TORTURE").is_some()
-}
-
-/// `python3 -m <module> <args>` in clients/python, on the freshly built module.
-fn python(module: &str, args: &[&str]) -> Command {
-    let mut command = Command::new("python3");
-    command
-        .arg("-m")
-        .arg(module)
-        .args(args)
-        .current_dir(package())
-        .env("PYTHONPATH", package().join("src"))
-        .env("DLOCK_MODULE", common::module_path())
-        .env(
-            "REDIS_SERVER",
-            std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".to_string()),
-        );
-    command
-}
-
-/// Run `command`, failing the test with its output unless it succeeds; its stdout.
-fn succeed(mut command: Command, what: &str) -> String {
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = command
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: could not run python3: {e}"));
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&stdout),
-        String::from_utf8_lossy(&stderr),
-    );
-    assert!(
-        status.success(),
-        "{what} failed ({status}):\n{stdout}{stderr}"
-    );
-    eprintln!("{stderr}");
-    stdout.into_owned()
 }
 
 /// The number after `label ` in the checker's summary line.
@@ -79,7 +37,7 @@ fn the_quorum_checker_finds_no_violation_under_faults() {
     let seconds = std::env::var("QUORUM_SECONDS")
         .unwrap_or_else(|_| (if long() { "600" } else { "30" }).to_string());
     let stdout = succeed(
-        python("tests.quorum_checker", &["--seconds", &seconds]),
+        python_client("tests.quorum_checker", &["--seconds", &seconds]),
         "the quorum checker",
     );
     let summary = stdout
@@ -103,7 +61,7 @@ fn the_redlock_contrast_runs_under_torture() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let seconds = std::env::var("QUORUM_SECONDS").unwrap_or_else(|_| "600".to_string());
     let stdout = succeed(
-        python(
+        python_client(
             "tests.quorum_checker",
             &["--seconds", &seconds, "--redlock"],
         ),

@@ -683,3 +683,45 @@ pub fn error_of(result: RedisResult<Value>) -> String {
         Ok(v) => panic!("expected an error, got {v:?}"),
     }
 }
+
+/// `clients/python`, the Python client package.
+pub fn python_package() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/python")
+}
+
+/// `python3 -m <module> <args>` in clients/python, with the package's sources on the path and
+/// the freshly built module and the server binary its tests start.
+pub fn python_client(module: &str, args: &[&str]) -> Command {
+    let mut command = Command::new("python3");
+    command
+        .arg("-m")
+        .arg(module)
+        .args(args)
+        .current_dir(python_package())
+        .env("PYTHONPATH", python_package().join("src"))
+        .env("DLOCK_MODULE", module_path())
+        .env(
+            "REDIS_SERVER",
+            std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".to_string()),
+        );
+    command
+}
+
+/// Run `command`, failing the test with its output unless it succeeds; its stdout. Its stderr
+/// (the Python suites' measured figures) is printed, seen with `--nocapture`.
+pub fn succeed(mut command: Command, what: &str) -> String {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: could not run python3: {e}"));
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(
+        output.status.success(),
+        "{what} failed ({}):\n{stdout}{stderr}",
+        output.status
+    );
+    eprintln!("{stderr}");
+    stdout.into_owned()
+}
