@@ -4,18 +4,24 @@
 //! left free for others to take: `ACQUIRE` from anyone but a holder refuses while clients
 //! wait, and a lock that loses its last hold stays (with no hold) until they are served.
 //!
-//! Clients block with `RedisModule_BlockClientOnKeys`, and every reply to a waiter — the
-//! token, nil at its deadline, an error — is given from its reply callback (`on_key_ready`),
-//! which Redis calls when the key is signalled ready and which unblocks the client in the
-//! same step. The module never unblocks a waiter itself and registers no timeout callback,
-//! so nothing can race the grant: `CLIENT UNBLOCK` does not apply to dlock waiters (it
-//! replies 0), and a waiter gets exactly one reply. Its deadline is a timer that signals the
-//! key; a waiter whose deadline has passed is told nil, never granted.
+//! The first `KEYED_WAITERS` waiters of a queue block with `RedisModule_BlockClientOnKeys`
+//! ("keyed"): every reply to one — the token, nil at its deadline, an error — is given from
+//! its reply callback (`on_key_ready`), which Redis calls when the key is signalled ready and
+//! which unblocks the client in the same step; in a cluster Redis redirects them (`MOVED`)
+//! when the key's slot moves. But Redis calls every client blocked on a key each time it is
+//! signalled, and a hand-over to thousands of waiters takes many turns (see
+//! `GRANTS_PER_TURN`): waiters beyond the first few are "parked" with
+//! `RedisModule_BlockClient`, which Redis never scans. The module grants them itself, in
+//! order, in the context that offers the key (`offer`: the `RELEASE`, the timer, the reply
+//! callback of the keyed waiter before them), replicating each grant there, and then unblocks
+//! them with their answer (`on_answered` replies). No waiter has a timeout callback, so
+//! `CLIENT UNBLOCK` does not apply to dlock waiters (it replies 0), and a waiter gets exactly
+//! one reply. Its deadline is a timer that signals the key (keyed) or answers it (parked); a
+//! waiter whose deadline has passed is told nil, never granted.
 //!
-//! Whatever frees a lock signals its key: `RELEASE` right away (Redis serves the waiters
-//! before the next command), a lease end, a disconnected session, `DEL`, `FLUSHALL`,
-//! `RENAME`, `SWAPDB` and friends from a timer (`timers.rs`, which also holds them back
-//! while the server may not write) that ends the holds and signals.
+//! Whatever frees a lock offers its key: `RELEASE` right away, a lease end, a disconnected
+//! session, `DEL`, `FLUSHALL`, `RENAME`, `SWAPDB` and friends from a timer (`timers.rs`,
+//! which also holds them back while the server may not write) that ends the holds and offers.
 //!
 //! Everything here runs on Redis's main thread. The registry is never borrowed across a call
 //! into Redis that could re-enter this module.
@@ -31,7 +37,7 @@ use redis_module::{Context, RedisError, RedisResult, RedisValue, raw};
 use crate::arg::Arg;
 use crate::config;
 use crate::datatype;
-use crate::errors::{ERR_BLOCK, acquire_error, err_too_many_waiters, key_error};
+use crate::errors::{ERR_BLOCK, ERR_SLOT_MOVED, acquire_error, err_too_many_waiters, key_error};
 use crate::key::LockKey;
 use crate::local;
 use crate::lock::Mode;
@@ -79,9 +85,23 @@ struct Waiter {
     deadline: Option<i64>,
     session: Option<u64>,
     client: Cell<*mut raw::RedisModuleBlockedClient>,
+    /// Blocked without a key: the module answers it (see the module docs).
+    parked: bool,
     state: Cell<State>,
     /// Still in its key's queue (waiters that left are dropped from the queue lazily).
     queued: Cell<bool>,
+}
+
+impl Waiter {
+    fn request(&self) -> Request<'_> {
+        Request {
+            owner: OwnerRef::Bytes(&self.owner),
+            mode: self.mode,
+            amount: self.amount,
+            ttl: self.ttl,
+            session: self.session,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -95,6 +115,8 @@ struct Queue {
 struct Registry {
     queues: HashMap<c_int, HashMap<Box<[u8]>, Queue>>,
     clients: HashMap<usize, Weak<Waiter>>,
+    /// Parked waiters with a deadline, by id: their deadline timer answers them.
+    parked: HashMap<u64, Weak<Waiter>>,
     next_id: u64,
 }
 
@@ -132,6 +154,7 @@ pub fn block(ctx: &Context, key: &Arg, wait: Wait, busy_until: Option<i64>) -> R
         r.next_id = r.next_id.wrapping_add(1);
         r.next_id
     });
+    let parked = waiting(db, key.as_bytes()) >= KEYED_WAITERS;
     let waiter = Rc::new(Waiter {
         id,
         db,
@@ -144,29 +167,40 @@ pub fn block(ctx: &Context, key: &Arg, wait: Wait, busy_until: Option<i64>) -> R
         deadline: wait.deadline,
         session: wait.session,
         client: Cell::new(ptr::null_mut()),
+        parked,
         state: Cell::new(State::Waiting),
         queued: Cell::new(true),
     });
-    let Some(block_on_keys) = (unsafe { raw::RedisModule_BlockClientOnKeys }) else {
-        return Err(RedisError::Str(ERR_BLOCK));
-    };
-    let privdata = Box::into_raw(Box::new(Rc::clone(&waiter)));
-    let mut keys = [key.raw()];
     // No timeout callback and no Redis timeout: the deadline is ours (see the module docs).
-    let client = unsafe {
-        block_on_keys(
-            raw_ctx,
-            Some(on_key_ready),
-            None,
-            Some(on_free),
-            0,
-            keys.as_mut_ptr(),
-            1,
-            privdata.cast(),
-        )
+    let client = if parked {
+        let Some(block_client) = (unsafe { raw::RedisModule_BlockClient }) else {
+            return Err(RedisError::Str(ERR_BLOCK));
+        };
+        unsafe { block_client(raw_ctx, Some(on_answered), None, Some(on_free), 0) }
+    } else {
+        let Some(block_on_keys) = (unsafe { raw::RedisModule_BlockClientOnKeys }) else {
+            return Err(RedisError::Str(ERR_BLOCK));
+        };
+        let privdata = Box::into_raw(Box::new(Rc::clone(&waiter)));
+        let mut keys = [key.raw()];
+        let client = unsafe {
+            block_on_keys(
+                raw_ctx,
+                Some(on_key_ready),
+                None,
+                Some(on_free),
+                0,
+                keys.as_mut_ptr(),
+                1,
+                privdata.cast(),
+            )
+        };
+        if client.is_null() {
+            drop(unsafe { Box::from_raw(privdata) });
+        }
+        client
     };
     if client.is_null() {
-        drop(unsafe { Box::from_raw(privdata) });
         return Err(RedisError::Str(ERR_BLOCK));
     }
     waiter.client.set(client);
@@ -176,6 +210,9 @@ pub fn block(ctx: &Context, key: &Arg, wait: Wait, busy_until: Option<i64>) -> R
     }
     with_registry(|r| {
         r.clients.insert(client as usize, Rc::downgrade(&waiter));
+        if parked && wait.deadline.is_some() {
+            r.parked.insert(id, Rc::downgrade(&waiter));
+        }
         let queue = r
             .queues
             .entry(db)
@@ -224,13 +261,19 @@ fn served_here(ctx: &Context, key: &Arg) -> bool {
     true
 }
 
-/// A key fell due in `timers.rs`.
-pub fn on_due(ctx: &Context, db: c_int, name: &[u8], kind: Kind) {
+/// A key fell due in `timers.rs` (`waiter`: whose deadline it is).
+pub fn on_due(ctx: &Context, db: c_int, name: &[u8], kind: Kind, waiter: u64) {
     let raw_ctx = ctx.get_raw();
+    if kind == Kind::Deadline
+        && let Some(parked) = with_registry(|r| r.parked.get(&waiter).and_then(Weak::upgrade))
+    {
+        finish(&parked, State::TimedOut);
+        return;
+    }
     let key_string = server::key_name(raw_ctx, db, name);
     let key = Arg::from_raw(key_string.inner);
     match kind {
-        // The waiter's reply callback tells it nil.
+        // A keyed waiter's reply callback tells it nil.
         Kind::Deadline => server::signal_ready(raw_ctx, key.raw()),
         Kind::Serve => serve(ctx, db, &key),
     }
@@ -242,37 +285,91 @@ fn serve(ctx: &Context, db: c_int, key: &Arg) {
     let name = key.as_bytes();
     let waiters = waiting(db, name) > 0;
     if waiters && !served_here(ctx, key) {
+        turn_away_parked(db, name);
         return;
     }
     let site = Site { ctx, key, db };
-    // An error is another type at the key: its waiters are told so by their reply callbacks.
+    // An error is another type at the key: `offer` tells the waiters so.
     if let Ok(true) = store::serve(site, server::now_ms(), waiters, timers::BUDGET) {
         timers::serve_soon(raw_ctx, db, name);
     }
     if waiters {
-        server::signal_ready(raw_ctx, key.raw());
+        offer(ctx, db, key);
     }
 }
 
-/// Whether `waiter` is the first of its key's queue still waiting; waiters that left are
-/// dropped from the front on the way.
-fn is_first(waiter: &Rc<Waiter>) -> bool {
-    with_registry(|r| {
-        let Some(queue) = r
-            .queues
-            .get_mut(&waiter.db)
-            .and_then(|q| q.get_mut(&waiter.key))
-        else {
-            return false;
-        };
-        while let Some(head) = queue.waiters.front() {
-            if head.state.get() == State::Waiting {
-                return Rc::ptr_eq(head, waiter);
+/// The key's slot is no longer served here: Redis redirects the keyed waiters (`MOVED`), and
+/// the parked ones are told to send their command again (`TRYAGAIN`; cluster clients follow
+/// the redirection they then get).
+fn turn_away_parked(db: c_int, name: &[u8]) {
+    let parked: Vec<Rc<Waiter>> = with_registry(|r| {
+        r.queues
+            .get(&db)
+            .and_then(|q| q.get(name))
+            .map(|queue| {
+                let waiting = queue.waiters.iter();
+                waiting
+                    .filter(|w| w.parked && w.state.get() == State::Waiting)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    });
+    for waiter in parked {
+        finish(&waiter, State::Refused(ERR_SLOT_MOVED));
+    }
+}
+
+/// Offer `key` to its waiters in order: grant the parked ones at the head of its queue here,
+/// in this context (which replicates the grants), as many as the lock and this turn allow;
+/// signal the key when the head is keyed (Redis calls it after this command or timer).
+pub fn offer(ctx: &Context, db: c_int, key: &Arg) {
+    let raw_ctx = ctx.get_raw();
+    let name = key.as_bytes();
+    let now = server::now_ms();
+    while let Some(waiter) = head(db, name) {
+        if !waiter.parked {
+            server::signal_ready(raw_ctx, key.raw());
+            return;
+        }
+        if waiter.deadline.is_some_and(|deadline| now >= deadline) {
+            finish(&waiter, State::TimedOut);
+            continue;
+        }
+        if !server::may_write(raw_ctx) {
+            timers::serve_at(raw_ctx, db, name, now.saturating_add(timers::DEFER_MS));
+            return;
+        }
+        if !turn_has_room() {
+            timers::serve_soon(raw_ctx, db, name);
+            return;
+        }
+        let site = Site { ctx, key, db };
+        match store::acquire(site, &waiter.request(), Turn::Waiter, now) {
+            Ok(Ok(Outcome::Granted(state) | Outcome::Reentered(state))) => {
+                count_grant();
+                finish(&waiter, State::Granted(state.token));
             }
-            head.queued.set(false);
+            Ok(Ok(Outcome::Busy(_))) => return,
+            Ok(Err(error)) => finish(&waiter, State::Refused(acquire_error(error))),
+            Err(error) => finish(&waiter, State::Refused(key_error(&error))),
+        }
+    }
+}
+
+/// The first waiter of `key`'s queue still waiting; waiters that left are dropped from the
+/// front on the way.
+fn head(db: c_int, name: &[u8]) -> Option<Rc<Waiter>> {
+    with_registry(|r| {
+        let queue = r.queues.get_mut(&db)?.get_mut(name)?;
+        while let Some(first) = queue.waiters.front() {
+            if first.state.get() == State::Waiting {
+                return Some(Rc::clone(first));
+            }
+            first.queued.set(false);
             queue.waiters.pop_front();
         }
-        false
+        None
     })
 }
 
@@ -301,6 +398,22 @@ fn settle(waiter: &Waiter, state: State) -> bool {
     true
 }
 
+/// Settle `waiter` as `state` (once). A parked waiter is unblocked with it, and Redis tells
+/// it from `on_answered` before it next sleeps; a keyed one is told by its reply callback.
+/// Never call with the registry borrowed.
+fn finish(waiter: &Rc<Waiter>, state: State) {
+    if !settle(waiter, state) || !waiter.parked {
+        return;
+    }
+    let Some(unblock) = (unsafe { raw::RedisModule_UnblockClient }) else {
+        return;
+    };
+    let privdata = Box::into_raw(Box::new(Rc::clone(waiter)));
+    if unsafe { unblock(waiter.client.get(), privdata.cast()) } != raw::REDISMODULE_OK as c_int {
+        drop(unsafe { Box::from_raw(privdata) });
+    }
+}
+
 fn privdata<'a>(ctx: *mut raw::RedisModuleCtx) -> Option<&'a Rc<Waiter>> {
     let get = unsafe { raw::RedisModule_GetBlockedClientPrivateData }?;
     unsafe { get(ctx).cast::<Rc<Waiter>>().as_ref() }
@@ -321,7 +434,8 @@ fn reply(ctx: *mut raw::RedisModuleCtx, waiter: &Waiter) {
     context.reply(result);
 }
 
-/// Settle `waiter` as `state`, reply, and tell Redis it is served (it unblocks the client).
+/// Settle a keyed `waiter` as `state`, reply, and tell Redis it is served (it unblocks the
+/// client).
 fn answer(ctx: *mut raw::RedisModuleCtx, waiter: &Waiter, state: State) -> c_int {
     settle(waiter, state);
     reply(ctx, waiter);
@@ -330,35 +444,31 @@ fn answer(ctx: *mut raw::RedisModuleCtx, waiter: &Waiter, state: State) -> c_int
 
 const NOT_YET: c_int = raw::REDISMODULE_ERR as c_int;
 
-/// Grants made in one event-loop turn before the rest wait for the next: Redis serves all
-/// the readers at the head of a queue in one pass, and 10,000 of them at once would stall
-/// every other client for a quarter of a second. But each pass also calls every client still
-/// blocked on the key, so with a fixed budget a long queue would cost O(n²) in passes: the
-/// budget grows with the queue (a tenth of it), which keeps a hand-over linear, in about ten
-/// turns.
+/// Waiters of one key blocked on the key itself; those behind them are parked (see the
+/// module docs). Redis calls every keyed waiter of a key each time it is signalled, so this
+/// bounds that pass.
+const KEYED_WAITERS: usize = 32;
+
+/// Grants made in one event-loop turn before the rest wait for the next: 10,000 readers
+/// granted at once would stall every other client for a quarter of a second. A turn costs
+/// the grants it makes and a pass over at most `KEYED_WAITERS` clients, so a hand-over stays
+/// linear in the queue.
 const GRANTS_PER_TURN: u32 = 500;
-const QUEUE_SHARE_PER_TURN: usize = 10;
 
 thread_local! {
     /// Grants made in this event-loop turn (reset when the server wakes up).
     static GRANTS_THIS_TURN: Cell<u32> = const { Cell::new(0) };
 }
 
-/// Count one more grant in this turn for a queue of `queued` waiters; false when the turn has
-/// made enough.
-fn turn_allows_grant(queued: usize) -> bool {
-    let share = u32::try_from(queued / QUEUE_SHARE_PER_TURN).unwrap_or(u32::MAX);
-    let budget = GRANTS_PER_TURN.max(share);
+/// Whether this event-loop turn may make one more grant.
+fn turn_has_room() -> bool {
     GRANTS_THIS_TURN
-        .try_with(|count| {
-            let made = count.get();
-            let allowed = made < budget;
-            if allowed {
-                count.set(made.saturating_add(1));
-            }
-            allowed
-        })
+        .try_with(|count| count.get() < GRANTS_PER_TURN)
         .unwrap_or(true)
+}
+
+fn count_grant() {
+    let _ = GRANTS_THIS_TURN.try_with(|count| count.set(count.get().saturating_add(1)));
 }
 
 /// A new event-loop turn begins (the server woke up).
@@ -373,8 +483,8 @@ unsafe extern "C" fn on_event_loop(
     }
 }
 
-/// Redis offers the key to a waiter (it was signalled): the one place a waiter is answered.
-/// Returning `NOT_YET` keeps it blocked.
+/// Redis offers the key to a keyed waiter (it was signalled): the one place a keyed waiter is
+/// answered. Returning `NOT_YET` keeps it blocked.
 unsafe extern "C" fn on_key_ready(
     ctx: *mut raw::RedisModuleCtx,
     _argv: *mut *mut raw::RedisModuleString,
@@ -390,7 +500,7 @@ unsafe extern "C" fn on_key_ready(
     if waiter.deadline.is_some_and(|deadline| now >= deadline) {
         return answer(ctx, waiter, State::TimedOut);
     }
-    if !is_first(waiter) {
+    if !head(waiter.db, &waiter.key).is_some_and(|first| Rc::ptr_eq(&first, waiter)) {
         return NOT_YET;
     }
     if !server::may_write(ctx) {
@@ -398,7 +508,7 @@ unsafe extern "C" fn on_key_ready(
         timers::serve_at(ctx, waiter.db, &waiter.key, retry);
         return NOT_YET;
     }
-    if !turn_allows_grant(waiting(waiter.db, &waiter.key)) {
+    if !turn_has_room() {
         // The rest of a mass hand-over continues in the next event-loop turn; the queue keeps
         // its order and nobody passes it meanwhile.
         timers::serve_soon(ctx, waiter.db, &waiter.key);
@@ -417,16 +527,15 @@ unsafe extern "C" fn on_key_ready(
         key: &key,
         db: waiter.db,
     };
-    let request = Request {
-        owner: OwnerRef::Bytes(&waiter.owner),
-        mode: waiter.mode,
-        amount: waiter.amount,
-        ttl: waiter.ttl,
-        session: waiter.session,
-    };
-    match store::acquire(site, &request, Turn::Waiter, now) {
+    match store::acquire(site, &waiter.request(), Turn::Waiter, now) {
         Ok(Ok(Outcome::Granted(state) | Outcome::Reentered(state))) => {
-            answer(ctx, waiter, State::Granted(state.token))
+            count_grant();
+            let served = answer(ctx, waiter, State::Granted(state.token));
+            // Parked waiters next in line are granted here too (keyed ones get their call).
+            if head(waiter.db, &waiter.key).is_some_and(|next| next.parked) {
+                offer(&context, waiter.db, &key);
+            }
+            served
         }
         Ok(Ok(Outcome::Busy(_))) => NOT_YET,
         Ok(Err(error)) => answer(ctx, waiter, State::Refused(acquire_error(error))),
@@ -434,14 +543,27 @@ unsafe extern "C" fn on_key_ready(
     }
 }
 
-/// The client is gone (closed, killed): it must never be granted, even before Redis frees it.
+/// Redis tells a parked waiter the answer `finish` unblocked it with.
+unsafe extern "C" fn on_answered(
+    ctx: *mut raw::RedisModuleCtx,
+    _argv: *mut *mut raw::RedisModuleString,
+    _argc: c_int,
+) -> c_int {
+    if let Some(waiter) = privdata(ctx) {
+        reply(ctx, waiter);
+    }
+    raw::REDISMODULE_OK as c_int
+}
+
+/// The client is gone (closed, killed, or unblocked by Redis on a role change): it must never
+/// be granted, even before Redis frees it; a parked one is unblocked (Redis frees it then).
 unsafe extern "C" fn on_disconnect(
     _ctx: *mut raw::RedisModuleCtx,
     client: *mut raw::RedisModuleBlockedClient,
 ) {
     let waiter = with_registry(|r| r.clients.get(&(client as usize)).and_then(Weak::upgrade));
     if let Some(waiter) = waiter {
-        settle(&waiter, State::Gone);
+        finish(&waiter, State::Gone);
     }
 }
 
@@ -460,6 +582,7 @@ unsafe extern "C" fn on_free(ctx: *mut raw::RedisModuleCtx, data: *mut c_void) {
     }
     let others_wait = with_registry(|r| {
         r.clients.remove(&(waiter.client.get() as usize));
+        r.parked.remove(&waiter.id);
         if !waiter.queued.replace(false) {
             return false;
         }

@@ -35,6 +35,8 @@ pub const ERR_WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the w
 pub const ERR_TIMEOUT: &str = "ERR timeout must be a non-negative integer in milliseconds";
 pub const ERR_TIMEOUT_RANGE: &str = "ERR timeout is above the maximum of 1099511627776 ms (2^40)";
 pub const ERR_BLOCK: &str = "ERR the server refused to block the client";
+pub const ERR_SLOT_MOVED: &str =
+    "TRYAGAIN the key's slot moved to another node while the client waited; send the command again";
 pub const ERR_LIMIT: &str = "ERR limit must be an integer from 1 to 4294967294";
 pub const ERR_PERMITS: &str = "ERR permits must be a positive integer";
 pub const ERR_PERMITS_ABOVE_LIMIT: &str = "ERR permits exceed the semaphore's limit";

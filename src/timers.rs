@@ -45,7 +45,7 @@ pub const BUDGET: usize = 1000;
 pub enum Kind {
     /// Serve the key: remove ended holds and hand it to its waiters. A write.
     Serve,
-    /// A waiter's deadline passed: let Redis call its waiters so it can time out. No write.
+    /// A waiter's deadline passed: it is told nil. No write.
     Deadline,
 }
 
@@ -54,8 +54,8 @@ type Slot = (i64, u64);
 /// An entry: what to do, for which key, and (for deadlines) which waiter.
 type Entry = (Kind, KeyId, u64);
 
-/// What to do with a due key: (context, database, name, kind).
-pub type OnDue = fn(&Context, c_int, &[u8], Kind);
+/// What to do with a due key: (context, database, name, kind, the waiter of a deadline).
+pub type OnDue = fn(&Context, c_int, &[u8], Kind, u64);
 
 #[derive(Default)]
 struct Timers {
@@ -260,7 +260,7 @@ unsafe extern "C" fn on_timer(ctx: *mut raw::RedisModuleCtx, _data: *mut c_void)
     let context = Context::new(ctx);
     let mut held_back = Vec::new();
     for _ in 0..BUDGET {
-        let Some((kind, (db, key), _)) = with_timers(|t| t.pop_due(now)) else {
+        let Some((kind, (db, key), waiter)) = with_timers(|t| t.pop_due(now)) else {
             break;
         };
         if kind == Kind::Serve && !writable {
@@ -268,7 +268,7 @@ unsafe extern "C" fn on_timer(ctx: *mut raw::RedisModuleCtx, _data: *mut c_void)
             continue;
         }
         if let Some(on_due) = on_due {
-            on_due(&context, db, &key, kind);
+            on_due(&context, db, &key, kind, waiter);
         }
     }
     let retry = now.saturating_add(DEFER_MS);

@@ -63,6 +63,56 @@ fn issued_at(token: i64) -> i64 {
     token / 8192 + EPOCH_MS
 }
 
+/// How the first waiter of a queue is blocked: the first 32 waiters of a queue are blocked on
+/// the key itself ("keyed", Redis calls them when it is signalled) and the rest are parked
+/// (the module grants them itself). The tests below run with either at the head.
+#[derive(Clone, Copy, Debug)]
+enum Head {
+    Keyed,
+    Parked,
+}
+
+const KEYED_WAITERS: i64 = 32;
+
+/// Queue one waiter on `key` (with none queued yet) so that it is first and `head`: a parked
+/// one queues behind 32 fillers that then disconnect.
+fn first_waiter(
+    server: &Server,
+    c: &mut Connection,
+    key: &str,
+    owner: &str,
+    (ttl, timeout): (i64, i64),
+    head: Head,
+) -> JoinHandle<(RedisResult<Value>, Duration)> {
+    let fillers: Vec<Connection> = match head {
+        Head::Keyed => vec![],
+        Head::Parked => (0..KEYED_WAITERS)
+            .map(|i| blocked_connection(server, key, &format!("filler{i}"), 60_000, 0))
+            .collect(),
+    };
+    wait_for_waiters(c, key, fillers.len() as i64);
+    let handle = waiter_result(server, key, owner, ttl, timeout);
+    wait_for_waiters(c, key, fillers.len() as i64 + 1);
+    drop(fillers);
+    wait_for_waiters(c, key, 1);
+    handle
+}
+
+fn first_waiter_granted(
+    server: &Server,
+    c: &mut Connection,
+    key: &str,
+    owner: &str,
+    ttl_timeout: (i64, i64),
+    head: Head,
+) -> JoinHandle<(Value, Duration)> {
+    let handle = first_waiter(server, c, key, owner, ttl_timeout, head);
+    thread::spawn(move || {
+        let (reply, elapsed) = handle.join().expect("waiter thread");
+        (reply.expect("blocked acquire"), elapsed)
+    })
+}
+
 #[test]
 fn grantable_now_replies_at_once() {
     let server = Server::start();
@@ -95,7 +145,8 @@ fn release_hands_over_to_waiters_in_arrival_order() {
     let mut c = server.client();
     grant(&mut c, "k", "holder", 60_000);
     let mut waiting = vec![];
-    for i in 0..5 {
+    // Keyed, then parked ones: the order holds across the two.
+    for i in 0..KEYED_WAITERS + 8 {
         waiting.push(waiter(&server, "k", &format!("w{i}"), 60_000, 0));
         wait_for_waiters(&mut c, "k", i + 1);
     }
@@ -204,12 +255,22 @@ fn a_waiter_gets_the_lock_within_5ms_of_the_lease_end_among_1m_keys_with_ttls() 
 
 #[test]
 fn timeouts_are_honoured_within_10ms() {
+    timeouts_are_honoured(Head::Keyed);
+}
+
+#[test]
+fn timeouts_of_parked_waiters_are_honoured_within_10ms() {
+    timeouts_are_honoured(Head::Parked);
+}
+
+fn timeouts_are_honoured(head: Head) {
     let server = Server::start();
     let mut c = server.client();
     grant(&mut c, "k", "holder", 60_000);
     let mut best = Duration::MAX;
     for _ in 0..3 {
-        let (reply, elapsed) = waiter(&server, "k", "w", 1_000, 200).join().unwrap();
+        let handle = first_waiter_granted(&server, &mut c, "k", "w", (1_000, 200), head);
+        let (reply, elapsed) = handle.join().unwrap();
         assert_eq!(reply, Value::Nil);
         assert!(
             elapsed >= Duration::from_millis(200),
@@ -244,18 +305,32 @@ fn wait_zero_waits_until_granted() {
 fn generated_owners_are_returned_on_wake_up() {
     let server = Server::start();
     let mut c = server.client();
-    grant(&mut c, "k", "holder", 60_000);
-    let handle = waiter(&server, "k", "*", 60_000, 0);
-    wait_for_waiters(&mut c, "k", 1);
-    assert_eq!(release(&mut c, "k", "holder"), 1);
-    let (reply, _) = handle.join().unwrap();
-    let (t, owner): (i64, String) = redis::from_redis_value(&reply).unwrap();
-    assert_eq!(owner.len(), 32);
-    assert_eq!(info(&mut c, "k").map(|i| (i.0, i.1)), Some((owner, t)));
+    for head in [Head::Keyed, Head::Parked] {
+        grant(&mut c, "k", "holder", 60_000);
+        let handle = first_waiter_granted(&server, &mut c, "k", "*", (60_000, 0), head);
+        assert_eq!(release(&mut c, "k", "holder"), 1);
+        let (reply, _) = handle.join().unwrap();
+        let (t, owner): (i64, String) = redis::from_redis_value(&reply).unwrap();
+        assert_eq!(owner.len(), 32, "{head:?}");
+        assert_eq!(
+            info(&mut c, "k").map(|i| (i.0, i.1)),
+            Some((owner.clone(), t))
+        );
+        assert_eq!(release(&mut c, "k", &owner), 1);
+    }
 }
 
 #[test]
 fn every_way_of_freeing_a_lock_wakes_the_first_waiter() {
+    every_way_of_freeing_a_lock_wakes(Head::Keyed);
+}
+
+#[test]
+fn every_way_of_freeing_a_lock_wakes_a_parked_first_waiter() {
+    every_way_of_freeing_a_lock_wakes(Head::Parked);
+}
+
+fn every_way_of_freeing_a_lock_wakes(head: Head) {
     let server = Server::start();
     let mut c = server.client();
     type Free = fn(&mut Connection, &str);
@@ -302,8 +377,7 @@ fn every_way_of_freeing_a_lock_wakes_the_first_waiter() {
     for (name, free) in frees {
         let key = format!("free-by-{name}");
         grant(&mut c, &key, "holder", 60_000);
-        let handle = waiter(&server, &key, "next", 60_000, 5_000);
-        wait_for_waiters(&mut c, &key, 1);
+        let handle = first_waiter_granted(&server, &mut c, &key, "next", (60_000, 5_000), head);
         free(&mut c, &key);
         let (reply, elapsed) = handle.join().unwrap();
         assert!(matches!(reply, Value::Int(_)), "{name}: {reply:?}");
@@ -325,27 +399,39 @@ fn every_way_of_freeing_a_lock_wakes_the_first_waiter() {
 fn a_key_overwritten_with_another_type_refuses_its_waiters() {
     let server = Server::start();
     let mut c = server.client();
-    grant(&mut c, "k", "holder", 60_000);
-    let handle = waiter_result(&server, "k", "next", 60_000, 5_000);
-    wait_for_waiters(&mut c, "k", 1);
-    let _: () = cmd("SET").arg("k").arg("string").query(&mut c).unwrap();
-    let (reply, elapsed) = handle.join().unwrap();
-    assert_eq!(
-        error_of(reply),
-        "WRONGTYPE Operation against a key holding the wrong kind of value"
-    );
-    assert!(elapsed < Duration::from_secs(1));
+    for head in [Head::Keyed, Head::Parked] {
+        grant(&mut c, "k", "holder", 60_000);
+        let handle = first_waiter(&server, &mut c, "k", "next", (60_000, 5_000), head);
+        let _: () = cmd("SET").arg("k").arg("string").query(&mut c).unwrap();
+        let (reply, elapsed) = handle.join().unwrap();
+        assert_eq!(
+            error_of(reply),
+            "WRONGTYPE Operation against a key holding the wrong kind of value",
+            "{head:?}"
+        );
+        assert!(elapsed < Duration::from_secs(1), "{head:?}: {elapsed:?}");
+        assert_eq!(stat(&mut c, "dlock_waiters"), 0);
+        let _: i64 = cmd("DEL").arg("k").query(&mut c).unwrap();
+    }
 }
 
 #[test]
 fn disconnected_killed_and_unblocked_waiters_leave_the_queue() {
+    waiters_leave_the_queue(Head::Keyed);
+}
+
+#[test]
+fn disconnected_killed_and_unblocked_parked_waiters_leave_the_queue() {
+    waiters_leave_the_queue(Head::Parked);
+}
+
+fn waiters_leave_the_queue(head: Head) {
     let server = Server::start();
     let mut c = server.client();
     grant(&mut c, "k", "holder", 60_000);
 
     // Killed: never granted, and gone from the queue.
-    let killed = waiter_result(&server, "k", "killed", 60_000, 0);
-    wait_for_waiters(&mut c, "k", 1);
+    let killed = first_waiter(&server, &mut c, "k", "killed", (60_000, 0), head);
     let id = blocked_client_id(&mut c);
     let _: () = cmd("CLIENT")
         .arg("KILL")
@@ -358,8 +444,7 @@ fn disconnected_killed_and_unblocked_waiters_leave_the_queue() {
 
     // CLIENT UNBLOCK does not apply to dlock waiters (so nothing can race their one reply):
     // it replies 0 and the waiter keeps waiting, until it is granted.
-    let unblocked = waiter(&server, "k", "unblocked", 60_000, 0);
-    wait_for_waiters(&mut c, "k", 1);
+    let unblocked = first_waiter_granted(&server, &mut c, "k", "unblocked", (60_000, 0), head);
     let id = blocked_client_id(&mut c);
     for how in ["TIMEOUT", "ERROR"] {
         let done: i64 = cmd("CLIENT")
@@ -455,16 +540,24 @@ fn wait_errors_are_exact() {
 
 #[test]
 fn grants_on_wake_up_replicate_exactly() {
+    grants_replicate_exactly(Head::Keyed);
+}
+
+#[test]
+fn grants_to_parked_waiters_replicate_exactly() {
+    grants_replicate_exactly(Head::Parked);
+}
+
+fn grants_replicate_exactly(head: Head) {
     let master = Server::start();
     let replica = Server::start();
     replicate_from(&replica, &master);
     let mut r = replica.client();
     let mut m = master.client();
     grant(&mut m, "released", "holder", 60_000);
-    grant(&mut m, "expiring", "holder", 100);
-    let by_release = waiter(&master, "released", "w1", 60_000, 5_000);
-    let by_expiry = waiter(&master, "expiring", "w2", 60_000, 5_000);
-    wait_for_waiters(&mut m, "released", 1);
+    grant(&mut m, "expiring", "holder", 2_000);
+    let by_release = first_waiter_granted(&master, &mut m, "released", "w1", (60_000, 5_000), head);
+    let by_expiry = first_waiter_granted(&master, &mut m, "expiring", "w2", (60_000, 5_000), head);
     assert_eq!(release(&mut m, "released", "holder"), 1);
     let t1 = token(&by_release.join().unwrap().0);
     let t2 = token(&by_expiry.join().unwrap().0);

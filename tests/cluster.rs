@@ -136,14 +136,27 @@ fn resharding_moves_held_locks_and_redirects_their_waiters() {
     assert_eq!(grant(&mut source, key, "holder", 60_000), token);
     let mut waiter = blocked_connection(&cluster.nodes[from], key, "waiter", 60_000, 0);
     wait_until("the waiter to queue", || waiters(&mut source, key) == 1);
+    // Behind the first 32 waiters (blocked on the key), the rest are parked by the module.
+    let mut keyed: Vec<Connection> = (1..32)
+        .map(|i| blocked_connection(&cluster.nodes[from], key, &format!("k{i}"), 60_000, 0))
+        .collect();
+    wait_until("32 waiters to queue", || waiters(&mut source, key) == 32);
+    let mut parked = blocked_connection(&cluster.nodes[from], key, "parked", 60_000, 0);
+    wait_until("the parked waiter to queue", || {
+        waiters(&mut source, key) == 33
+    });
 
     cluster.move_slot(slot, from, to);
 
-    // The waiter is not left hanging: Redis redirects it to the slot's new node.
-    let moved = error_of(reply_within(&mut waiter, Duration::from_secs(5)));
+    // The waiters are not left hanging: Redis redirects those blocked on the key to the
+    // slot's new node, and the module tells the parked one to send its command again.
+    let moved = format!("MOVED {slot} 127.0.0.1:{}", cluster.nodes[to].port);
+    for c in std::iter::once(&mut waiter).chain(keyed.iter_mut()) {
+        assert_eq!(error_of(reply_within(c, Duration::from_secs(5))), moved);
+    }
     assert_eq!(
-        moved,
-        format!("MOVED {slot} 127.0.0.1:{}", cluster.nodes[to].port)
+        error_of(reply_within(&mut parked, Duration::from_secs(5))),
+        "TRYAGAIN the key's slot moved to another node while the client waited; send the command again"
     );
     // The lock moved whole: owner, token, re-entries, the rest of its lease; nothing is left
     // (or re-created for the waiter) on the old node.

@@ -33,17 +33,36 @@ fn unpause(c: &mut Connection) {
 /// key (which aborted the server), and the replica and AOF see it afterwards.
 #[test]
 fn a_lease_ending_during_a_write_pause_is_handed_over_after_it() {
-    for config in [
-        &[("appendonly", "no")][..],
-        &[("appendonly", "yes"), ("appendfsync", "always")][..],
+    // The waiter is either blocked on the key or (behind 32 that leave) parked: the module
+    // grants a parked one itself.
+    for (config, fillers) in [
+        (&[("appendonly", "no")][..], 0),
+        (&[("appendonly", "yes"), ("appendfsync", "always")][..], 0),
+        (&[("appendonly", "yes"), ("appendfsync", "always")][..], 32),
     ] {
         let master = Server::with_config(config);
         let replica = Server::start();
         replicate_from(&replica, &master);
         let mut m = master.client();
-        grant(&mut m, "k", "h", 300);
+        grant(&mut m, "k", "h", 60_000);
+        let ahead: Vec<Connection> = (0..fillers)
+            .map(|i| blocked_connection(&master, "k", &format!("f{i}"), 60_000, 0))
+            .collect();
+        wait_until("the fillers to queue", || waiters(&mut m, "k") == fillers);
         let mut waiter = blocked_connection(&master, "k", "w", 60_000, 0);
-        wait_until("the waiter to queue", || waiters(&mut m, "k") == 1);
+        wait_until("the waiter to queue", || {
+            waiters(&mut m, "k") == fillers + 1
+        });
+        drop(ahead);
+        wait_until("the fillers to leave", || waiters(&mut m, "k") == 1);
+        // The lease ends 300 ms from now, during the pause.
+        let extended: i64 = cmd("DLOCK.EXTEND")
+            .arg("k")
+            .arg("h")
+            .arg(300)
+            .query(&mut m)
+            .unwrap();
+        assert_eq!(extended, 1);
         pause(&mut m, 3_000, "WRITE");
         let _: () = cmd("DEBUG").arg("SLEEP").arg(0.5).query(&mut m).unwrap();
         assert_eq!(ping(&mut m), "PONG");

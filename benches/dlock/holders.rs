@@ -34,9 +34,17 @@ pub fn holders(server: &Server, c: &mut Connection, sizes: &Sizes, figures: &mut
         per_op(c, sizes, kind, &mode, figures);
     }
     let smallest = sizes.readers.first().copied().unwrap_or(0);
+    // Rounds alternate the sizes, so a machine that gets busier affects each alike; each
+    // figure is the median of its rounds.
+    let mut rounds: Vec<Vec<Handover>> = sizes.readers.iter().map(|_| vec![]).collect();
+    for _ in 0..sizes.rounds {
+        for (&readers, runs) in sizes.readers.iter().zip(rounds.iter_mut()) {
+            runs.push(handover(server, c, readers));
+        }
+    }
     let mut base = None;
-    for &readers in sizes.readers {
-        let h = handover(server, c, readers);
+    for (&readers, runs) in sizes.readers.iter().zip(&rounds) {
+        let h = Handover::median(runs);
         let base = *base.get_or_insert(h.cpu_ms);
         figures.push(Figure {
             name: format!(
@@ -280,6 +288,19 @@ struct Handover {
     release_us: f64,
     wall_ms: f64,
     worst_ping_ms: f64,
+}
+
+impl Handover {
+    fn median(runs: &[Handover]) -> Handover {
+        let of = |field: fn(&Handover) -> f64| median(runs.iter().map(field).collect());
+        Handover {
+            cpu_ms: of(|h| h.cpu_ms),
+            sys_ms: of(|h| h.sys_ms),
+            release_us: of(|h| h.release_us),
+            wall_ms: of(|h| h.wall_ms),
+            worst_ping_ms: of(|h| h.worst_ping_ms),
+        }
+    }
 }
 
 /// A writer holds a key and `readers` connections wait for it in SHARED mode; its RELEASE

@@ -38,9 +38,9 @@ pub fn run(ctx: &Context, args: &[Arg]) -> RedisResult {
     let Some(state) = store::release(site, args.owner, server::now_ms(), waiters)? else {
         return Ok(RedisValue::Integer(0));
     };
-    // Redis offers the key to its waiters right after this command, before any other.
+    // The waiters get the key now, before any other command.
     if state.count == 0 && waiters {
-        server::signal_ready(raw_ctx, args.key.raw());
+        blocking::offer(ctx, db, args.key);
     }
     Ok(RedisValue::Integer(1))
 }
