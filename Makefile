@@ -26,15 +26,18 @@ lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --release --all-targets --workspace -- -D warnings
 
-# The benchmark's seconds-long smoke run keeps it working; then every test of the workspace,
-# the Rust client's (clients/rust/tests, against the module `build` just made) included.
+# The benchmark's seconds-long smoke run keeps it working (with its floor module,
+# benches/floor); then every test of the workspace, the Rust client's (clients/rust/tests,
+# against the module `build` just made) included.
 test: build lint
+	$(CARGO) build --release -p dlock-floor
 	$(CARGO) bench --bench dlock -- --smoke
 	$(CARGO) test --release --workspace
 
 # dlock against SET NX PX, the Lua recipes and polling clients on one server, as ratios
 # (about 12 minutes on 2 cores). ARGS="--only contention" runs one section.
 bench: build
+	$(CARGO) build --release -p dlock-floor
 	$(CARGO) bench --bench dlock -- $(ARGS)
 
 # The long reliability run (safety checker at 100k grants, 20 crashes, 1M fuzzed commands,

@@ -97,7 +97,30 @@ struct Pair {
     base: Vec<String>,
 }
 
+/// The floor module (`benches/floor`, built by `make bench` and `make test`): what the
+/// module API alone costs for a new lock key. Loaded into the bench's server when built.
+fn load_floor(c: &mut Connection) -> bool {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/libdlock_floor.so");
+    if !path.exists() {
+        eprintln!(
+            "   no floor module at {} (cargo build --release -p dlock-floor): skipping FLOOR.ACQUIRE",
+            path.display()
+        );
+        return false;
+    }
+    let loaded: Result<(), _> = cmd("MODULE")
+        .arg("LOAD")
+        .arg(path.to_string_lossy().as_ref())
+        .query(c);
+    if let Err(e) = &loaded {
+        eprintln!("   the server refused the floor module ({e}): skipping FLOOR.ACQUIRE");
+    }
+    loaded.is_ok()
+}
+
 pub fn throughput(server: &Server, c: &mut Connection, sizes: &Sizes, figures: &mut Vec<Figure>) {
+    let floor_module = load_floor(c);
     let release_sha: String = cmd("SCRIPT")
         .arg("LOAD")
         .arg(RELEASE_SCRIPT)
@@ -167,7 +190,19 @@ pub fn throughput(server: &Server, c: &mut Connection, sizes: &Sizes, figures: &
     ] {
         let mut runs: Vec<[Vec<(f64, f64)>; 2]> = pairs.iter().map(|_| [vec![], vec![]]).collect();
         let mut floor = vec![];
+        let mut module_floor = vec![];
         for _ in 0..sizes.rounds {
+            if floor_module {
+                flushall(c);
+                let words = ["FLOOR.ACQUIRE", key, OWNER, &ttl];
+                module_floor.push(redis_benchmark(
+                    server,
+                    sizes.keyspace,
+                    pipeline,
+                    requests,
+                    &words,
+                ));
+            }
             for (pair, results) in pairs.iter().zip(runs.iter_mut()) {
                 for (side, (command, dlock)) in [(&pair.dlock, true), (&pair.base, false)]
                     .into_iter()
@@ -201,9 +236,36 @@ pub fn throughput(server: &Server, c: &mut Connection, sizes: &Sizes, figures: &
             floor
                 .push(redis_benchmark(server, sizes.keyspace, pipeline, requests, &["GET", key]).0);
         }
+        let rps = |r: &Vec<(f64, f64)>| median(r.iter().map(|x| x.0).collect());
+        let cpu = |r: &Vec<(f64, f64)>| median(r.iter().map(|x| x.1).collect());
+        if floor_module && let Some([acquire, set]) = runs.first() {
+            // The floor against SET, and ACQUIRE against the floor: within 5% of it is the
+            // target when the floor itself is below 0.9x SET.
+            for (name, dlock, baseline, target) in [
+                (
+                    "FLOOR.ACQUIRE (floor module) vs SET NX PX",
+                    &module_floor,
+                    set,
+                    None,
+                ),
+                (
+                    "ACQUIRE vs FLOOR.ACQUIRE (floor module)",
+                    acquire,
+                    &module_floor,
+                    (pipeline > 1).then_some(Target::RatioAtLeast(0.95)),
+                ),
+            ] {
+                figures.push(Figure {
+                    name: format!("{name}, {label} (ops/s)"),
+                    unit: "ops/s",
+                    dlock: rps(dlock),
+                    baseline: Some(rps(baseline)),
+                    target,
+                    others: vec![("server CPU us/op".into(), cpu(dlock))],
+                });
+            }
+        }
         for (pair, [dlock, base]) in pairs.iter().zip(runs) {
-            let rps = |r: &Vec<(f64, f64)>| median(r.iter().map(|x| x.0).collect());
-            let cpu = |r: &Vec<(f64, f64)>| median(r.iter().map(|x| x.1).collect());
             let target = match (pipeline, pair.name) {
                 (1, _) | (_, "GUARD + SET") => None,
                 (_, "ACQUIRE") => Some(Target::RatioAtLeast(0.9)),
