@@ -100,12 +100,12 @@ pub fn acquire(
         Turn::Waiter => (false, true),
     };
     let mut key = LockKey::open_write(site.ctx, site.key);
-    // A waiter is served inside Redis's pass over the key's blocked clients, which propagates
-    // only what a served client changed: removing ended holds there and then finding the lock
-    // still busy would leave their replication pending (Redis 7.0 then aborts in
-    // `handleClientsBlockedOnKeys`). So a waiter waits while ended holds remain: the lease
-    // timer, due already (or deferred while the server may not write), removes them in its
-    // own context and offers the key again.
+    // A keyed waiter is served inside Redis's pass over the key's blocked clients, which
+    // propagates only what a served client changed: removing ended holds there and then
+    // finding the lock still busy would leave their replication pending (Redis 7.0 then
+    // aborts in `handleClientsBlockedOnKeys`). So a waiter (keyed or parked alike) waits while
+    // ended holds remain: the lease timer, due already (or deferred while the server may not
+    // write), removes them in its own context and offers the key again.
     if turn == Turn::Waiter && key.lock()?.is_some_and(|lock| lock.has_ended_holds(now)) {
         return Ok(Ok(Outcome::Busy(None)));
     }

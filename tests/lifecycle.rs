@@ -227,6 +227,56 @@ fn failover_with_a_lease_ending_mid_way_keeps_both_servers_up() {
     assert_eq!(digest(&mut m), digest(&mut r));
 }
 
+/// The same with 40 waiters, 8 of them parked (beyond a key's first 32, granted by the module
+/// itself): when the old master becomes a replica Redis unblocks every waiter with an error;
+/// each gets exactly one reply, at most one of them is granted, and both servers agree.
+#[test]
+fn failover_with_parked_waiters_answers_each_once() {
+    let master = Server::with_config(&[("appendonly", "yes")]);
+    let replica = Server::start();
+    replicate_from(&replica, &master);
+    let mut m = master.client();
+    grant(&mut m, "k", "h", 60_000);
+    let mut waiting: Vec<Connection> = (0..40)
+        .map(|i| blocked_connection(&master, "k", &format!("w{i}"), 60_000, 0))
+        .collect();
+    wait_until("the waiters to queue", || waiters(&mut m, "k") == 40);
+    let extended: i64 = cmd("DLOCK.EXTEND")
+        .arg("k")
+        .arg("h")
+        .arg(100)
+        .query(&mut m)
+        .unwrap();
+    assert_eq!(extended, 1);
+    let _: () = cmd("FAILOVER")
+        .arg("TIMEOUT")
+        .arg(3_000)
+        .query(&mut m)
+        .unwrap();
+    let mut r = replica.client();
+    wait_until("the replica to take over", || {
+        let role: Vec<Value> = cmd("ROLE").query(&mut r).unwrap();
+        role.first() == Some(&Value::BulkString(b"master".to_vec()))
+    });
+    assert_eq!(ping(&mut m), "PONG");
+    let mut granted = 0;
+    for (i, c) in waiting.iter_mut().enumerate() {
+        match reply_within(c, Duration::from_secs(5)) {
+            Ok(Value::Int(_)) => granted += 1,
+            Err(e) => assert!(e.to_string().contains("UNBLOCKED"), "waiter {i}: {e}"),
+            Ok(other) => panic!("waiter {i}: {other:?}"),
+        }
+    }
+    assert!(granted <= 1, "{granted} waiters granted");
+    wait_until("the old master to follow", || {
+        let info: String = cmd("INFO").arg("replication").query(&mut m).unwrap();
+        info.contains("master_link_status:up")
+    });
+    wait_for_replica(&mut r);
+    assert_eq!(digest(&mut m), digest(&mut r));
+    assert_eq!(stat(&mut m, "dlock_waiters"), 0);
+}
+
 /// No client-chosen delay can stop the module's timers (RedisModule_CreateTimer overflows on
 /// huge periods): leases and waits are capped at 2^40 ms, and a lock with the longest lease and
 /// a waiter leaves other hand-overs on time.
