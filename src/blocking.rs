@@ -471,15 +471,45 @@ fn count_grant() {
     let _ = GRANTS_THIS_TURN.try_with(|count| count.set(count.get().saturating_add(1)));
 }
 
-/// A new event-loop turn begins (the server woke up).
+thread_local! {
+    /// Keys whose lock left the keyspace while clients waited for it (`lock_unlinked`).
+    static UNLINKED_WAITED: RefCell<Vec<(c_int, Box<[u8]>)>> = RefCell::default();
+}
+
+/// A lock left the keyspace (the data type's `unlink`: deleted, expired, evicted, renamed
+/// away, or overwritten by another type, the one change no subscribed event announces). Its
+/// waiters, if any, are offered the key from a timer armed before the server next sleeps:
+/// they get the lock, or `WRONGTYPE`. (The name comes without its database: every database
+/// with waiters on that name is served, which is harmless.)
+pub fn lock_unlinked(name: &[u8]) {
+    let dbs: Vec<c_int> = with_registry(|r| {
+        r.queues
+            .iter()
+            .filter(|(_, keys)| keys.contains_key(name))
+            .map(|(db, _)| *db)
+            .collect()
+    });
+    if dbs.is_empty() {
+        return;
+    }
+    local::with(&UNLINKED_WAITED, |keys| {
+        keys.extend(dbs.into_iter().map(|db| (db, Box::from(name))));
+    });
+}
+
+/// An event-loop turn begins (the server woke up), or ends (it is about to sleep).
 unsafe extern "C" fn on_event_loop(
-    _ctx: *mut raw::RedisModuleCtx,
+    ctx: *mut raw::RedisModuleCtx,
     _event: raw::RedisModuleEvent,
     subevent: u64,
     _data: *mut c_void,
 ) {
     if subevent == raw::REDISMODULE_SUBEVENT_EVENTLOOP_AFTER_SLEEP {
         let _ = GRANTS_THIS_TURN.try_with(|count| count.set(0));
+    } else if subevent == raw::REDISMODULE_SUBEVENT_EVENTLOOP_BEFORE_SLEEP {
+        for (db, key) in local::with(&UNLINKED_WAITED, std::mem::take) {
+            timers::serve_soon(ctx, db, &key);
+        }
     }
 }
 
@@ -647,7 +677,9 @@ pub unsafe extern "C" fn on_keyspace_event(
         b"rename_to" | b"move_to" => session::moved_to(db, name),
         _ => drop_unheld_bindings(ctx, db, &key),
     }
-    let reexpire = matches!(event, b"persist" | b"expire") && is_lock(ctx, &key);
+    // `SET ... PX` announces `expire` too: only look at the key while locks exist.
+    let reexpire =
+        matches!(event, b"persist" | b"expire") && metrics::LOCKS.get() > 0 && is_lock(ctx, &key);
     if reexpire || waiting(db, name) > 0 {
         timers::serve_soon(ctx, db, name);
     }
@@ -734,11 +766,16 @@ pub unsafe extern "C" fn on_server_event(
 pub fn subscribe(ctx: *mut raw::RedisModuleCtx) -> Result<(), &'static str> {
     let keyspace =
         unsafe { raw::RedisModule_SubscribeToKeyspaceEvents }.ok_or("no keyspace events API")?;
-    // Not our own module events: they never free a lock behind our back.
-    let all = redis_module::NotifyEvent::ALL
-        .difference(redis_module::NotifyEvent::MODULE)
-        .bits();
-    if unsafe { keyspace(ctx, all, Some(on_keyspace_event)) } != raw::REDISMODULE_OK as c_int {
+    // Only the classes that can change a lock: a subscriber costs Redis a context (about a
+    // thousand instructions) on every event of its classes, and the string, list, hash, set,
+    // sorted-set and stream events of every other write would each pay it. A lock overwritten
+    // by a value of such a type is seen through the data type's `unlink` (`lock_unlinked`).
+    let classes = redis_module::NotifyEvent::GENERIC
+        | redis_module::NotifyEvent::EXPIRED
+        | redis_module::NotifyEvent::EVICTED;
+    if unsafe { keyspace(ctx, classes.bits(), Some(on_keyspace_event)) }
+        != raw::REDISMODULE_OK as c_int
+    {
         return Err("cannot subscribe to keyspace events");
     }
     for id in [

@@ -7,10 +7,12 @@
 use std::ffi::{CStr, CString};
 use std::os::raw::{c_char, c_int, c_void};
 use std::ptr;
-use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 use redis_module::raw;
 
+use crate::arg::Arg;
+use crate::blocking;
 use crate::errors::{ERR_HOLD_DUPLICATE, ERR_HOLD_INVALID, ERR_HOLD_RULES, ERR_HOLD_UNREADABLE};
 use crate::holds::Owner;
 use crate::lock::{Hold, HoldState, Lock, Mode};
@@ -327,15 +329,30 @@ unsafe extern "C" fn free(value: *mut c_void) {
 /// removes an evicted key, then announces it (`evicted`) with the same name object, and the
 /// announcement does not say what type the key held.
 static UNLINKED: AtomicUsize = AtomicUsize::new(0);
+/// A hash of that name: a lock overwritten by another type gets no event that would consume
+/// the address, and a later name object may be allocated at the same address.
+static UNLINKED_NAME: AtomicU64 = AtomicU64::new(0);
+
+/// FNV-1a: enough to tell two key names apart here.
+fn name_hash(name: &[u8]) -> u64 {
+    name.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
 
 unsafe extern "C" fn unlink(key: *mut raw::RedisModuleString, _value: *const c_void) {
+    let name = Arg::from_raw(key);
     UNLINKED.store(key as usize, Ordering::Relaxed);
+    UNLINKED_NAME.store(name_hash(name.as_bytes()), Ordering::Relaxed);
+    blocking::lock_unlinked(name.as_bytes());
 }
 
 /// Whether `key` (the name object of a keyspace event) is the lock just removed; forgets it
 /// either way, so a later event never matches a stale name.
 pub fn was_unlinked(key: *mut raw::RedisModuleString) -> bool {
-    UNLINKED.swap(0, Ordering::Relaxed) == key as usize
+    let same_object = UNLINKED.swap(0, Ordering::Relaxed) == key as usize;
+    let name = UNLINKED_NAME.swap(0, Ordering::Relaxed);
+    same_object && !key.is_null() && name == name_hash(Arg::from_raw(key).as_bytes())
 }
 
 /// `COPY` duplicates the lock: same owners, tokens and leases under the new name.

@@ -6,7 +6,9 @@
 //! shared at once, during a downgrade). Bindings are indexed by hold, by client and by key,
 //! so binding, unbinding and a disconnect cost O(1) per hold. They follow their key through
 //! `RENAME`, `MOVE` and `SWAPDB`, and are dropped with their hold however it ends (release,
-//! lease end, `DEL`, eviction, overwrite) or with their connection. A flush keeps them
+//! lease end, `DEL`, eviction) or with their connection; a lock overwritten by a value of
+//! another type (`SET` on its key) leaves its bindings until their connection goes, since
+//! the module does not subscribe to those types' events (see `blocking::subscribe`). A flush keeps them
 //! (`DEBUG RELOAD` flushes, then loads the same holds back); a binding whose hold is gone
 //! only costs memory until its client disconnects, since tokens are never reused. They live only in this server's memory: a
 //! restarted server or a promoted replica has no sessions, and there the lease governs.
