@@ -34,8 +34,9 @@ test: build lint
 	$(CARGO) bench --bench dlock -- --smoke
 	$(CARGO) test --release --workspace
 
-# dlock against SET NX PX, the Lua recipes and polling clients on one server, as ratios
-# (about 12 minutes on 2 cores). ARGS="--only contention" runs one section.
+# dlock against SET NX PX, the Lua recipes and polling clients on one server, and its Python
+# and Rust clients against other lock libraries, as ratios (about 15 minutes on 2 cores).
+# ARGS="--only contention" runs one section.
 bench: build
 	$(CARGO) build --release -p dlock-floor
 	$(CARGO) bench --bench dlock -- $(ARGS)

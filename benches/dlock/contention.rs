@@ -5,7 +5,8 @@
 //!
 //! Times are taken in this one process (one monotonic clock for every thread): a grant when
 //! its reply arrives, a release just before it is sent, so "release → next grant" is the whole
-//! latency a waiting client sees.
+//! latency a waiting client sees. The `clients` section runs the same loop and metrics through
+//! the clients.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Barrier};
@@ -16,15 +17,15 @@ use super::common::{Connection, Server, Value, cmd};
 use super::report::{Figure, Target};
 use super::{Sizes, flushall};
 
-const KEY: &str = "contended";
+pub(crate) const KEY: &str = "contended";
 const HOLD: Duration = Duration::from_millis(1);
 const THINK: Duration = Duration::from_millis(1);
-const LEASE_MS: i64 = 10_000;
+pub(crate) const LEASE_MS: i64 = 10_000;
 const RELEASE_SCRIPT: &str =
     "if redis.call('get',KEYS[1])==ARGV[1] then return redis.call('del',KEYS[1]) else return 0 end";
 
 #[derive(Clone, Copy)]
-enum Strategy {
+pub(crate) enum Strategy {
     Dlock,
     /// SET NX PX, sleeping this long between tries (zero: no pause).
     Poll(Duration),
@@ -40,21 +41,75 @@ impl Strategy {
     }
 }
 
-struct Grant {
-    client: usize,
-    requested: Instant,
-    granted: Instant,
-    released: Instant,
+/// One grant, its times counted from any origin shared by the whole run.
+pub(crate) struct Grant {
+    pub(crate) client: usize,
+    pub(crate) requested: Duration,
+    pub(crate) granted: Duration,
+    pub(crate) released: Duration,
 }
 
-struct Metrics {
-    utilization: f64,
-    grants_per_s: f64,
-    handoff_p50_ms: f64,
-    handoff_p99_ms: f64,
-    handoff_max_ms: f64,
-    longest_wait_vs_ideal: f64,
-    spread: f64,
+pub(crate) struct Metrics {
+    pub(crate) utilization: f64,
+    pub(crate) grants_per_s: f64,
+    pub(crate) handoff_p50_ms: f64,
+    pub(crate) handoff_p99_ms: f64,
+    pub(crate) handoff_max_ms: f64,
+    pub(crate) longest_wait_vs_ideal: f64,
+    pub(crate) longest_wait_vs_mean: f64,
+    pub(crate) spread: f64,
+}
+
+pub(crate) type Pick = fn(&Metrics) -> f64;
+
+/// The metrics as table rows: name, unit, value.
+pub(crate) const ROWS: [(&str, &str, Pick); 7] = [
+    ("lock utilization", "fraction", |m| m.utilization),
+    ("grants/s", "grants/s", |m| m.grants_per_s),
+    ("release to next grant p50 (ms)", "ms", |m| m.handoff_p50_ms),
+    ("release to next grant p99 (ms)", "ms", |m| m.handoff_p99_ms),
+    ("release to next grant max (ms)", "ms", |m| m.handoff_max_ms),
+    ("longest wait / ideal queue time", "ratio", |m| {
+        m.longest_wait_vs_ideal
+    }),
+    (
+        "grants per contender, worst deviation from mean",
+        "fraction",
+        |m| m.spread,
+    ),
+];
+
+/// One contender of the loop: `take` returns once it holds the lock, `give_back` releases it.
+pub(crate) trait Contender: Send + 'static {
+    fn take(&mut self);
+    fn give_back(&mut self);
+}
+
+/// A contender sending the commands itself, as `strategy` says.
+pub(crate) struct Raw {
+    c: Connection,
+    strategy: Strategy,
+    owner: String,
+}
+
+impl Raw {
+    pub(crate) fn new(server: &Server, strategy: Strategy, client: usize) -> Raw {
+        Raw {
+            c: server.client(),
+            strategy,
+            owner: format!("contender-{client}"),
+        }
+    }
+}
+
+impl Contender for Raw {
+    fn take(&mut self) {
+        take(&mut self.c, self.strategy, &self.owner);
+    }
+
+    fn give_back(&mut self) {
+        give_back(&mut self.c, self.strategy, &self.owner);
+    }
 }
 
 fn take(c: &mut Connection, strategy: Strategy, owner: &str) {
@@ -103,24 +158,26 @@ fn give_back(c: &mut Connection, strategy: Strategy, owner: &str) {
     assert_eq!(released, 1, "released a lock it held");
 }
 
-fn run(server: &Server, strategy: Strategy, contenders: usize, length: Duration) -> Vec<Grant> {
-    let barrier = Arc::new(Barrier::new(contenders));
-    let threads: Vec<_> = (0..contenders)
-        .map(|client| {
-            let mut c = server.client();
+/// Run the loop with one thread per contender (`contenders[i]` is client i) for `length`.
+pub(crate) fn run<C: Contender>(contenders: Vec<C>, length: Duration) -> Vec<Grant> {
+    let barrier = Arc::new(Barrier::new(contenders.len()));
+    let origin = Instant::now();
+    let threads: Vec<_> = contenders
+        .into_iter()
+        .enumerate()
+        .map(|(client, mut contender)| {
             let barrier = Arc::clone(&barrier);
             thread::spawn(move || {
-                let owner = format!("contender-{client}");
                 let mut grants = vec![];
                 barrier.wait();
                 let end = Instant::now() + length;
                 while Instant::now() < end {
-                    let requested = Instant::now();
-                    take(&mut c, strategy, &owner);
-                    let granted = Instant::now();
+                    let requested = origin.elapsed();
+                    contender.take();
+                    let granted = origin.elapsed();
                     thread::sleep(HOLD);
-                    let released = Instant::now();
-                    give_back(&mut c, strategy, &owner);
+                    let released = origin.elapsed();
+                    contender.give_back();
                     grants.push(Grant {
                         client,
                         requested,
@@ -133,12 +190,17 @@ fn run(server: &Server, strategy: Strategy, contenders: usize, length: Duration)
             })
         })
         .collect();
-    let mut grants: Vec<Grant> = threads
+    threads
         .into_iter()
         .flat_map(|t| t.join().expect("contender"))
+        .collect()
+}
+
+fn run_raw(server: &Server, strategy: Strategy, contenders: usize, length: Duration) -> Vec<Grant> {
+    let raw = (0..contenders)
+        .map(|client| Raw::new(server, strategy, client))
         .collect();
-    grants.sort_by_key(|g| g.granted);
-    grants
+    run(raw, length)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -149,35 +211,33 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[index.min(sorted.len() - 1)]
 }
 
-fn measure(grants: &[Grant], contenders: usize) -> Metrics {
+pub(crate) fn measure(mut grants: Vec<Grant>, contenders: usize) -> Metrics {
+    grants.sort_by_key(|g| g.granted);
     let (Some(first), Some(last)) = (grants.first(), grants.iter().map(|g| g.released).max())
     else {
         panic!("no grants at all");
     };
-    let window = (last - first.granted).as_secs_f64();
+    let window = last.saturating_sub(first.granted).as_secs_f64();
     let held: f64 = grants
         .iter()
-        .map(|g| (g.released - g.granted).as_secs_f64())
+        .map(|g| g.released.saturating_sub(g.granted).as_secs_f64())
         .sum();
     let mut handoffs: Vec<f64> = grants
         .windows(2)
         .filter(|w| w[0].client != w[1].client)
-        .map(|w| {
-            w[1].granted
-                .saturating_duration_since(w[0].released)
-                .as_secs_f64()
-                * 1e3
-        })
+        .map(|w| w[1].granted.saturating_sub(w[0].released).as_secs_f64() * 1e3)
         .collect();
     handoffs.sort_by(f64::total_cmp);
     let period = window / grants.len() as f64;
     let ideal_wait = (contenders.saturating_sub(1)) as f64 * period;
-    let longest_wait = grants
+    let waits: Vec<f64> = grants
         .iter()
-        .map(|g| (g.granted - g.requested).as_secs_f64())
-        .fold(0.0, f64::max);
+        .map(|g| g.granted.saturating_sub(g.requested).as_secs_f64())
+        .collect();
+    let longest_wait = waits.iter().copied().fold(0.0, f64::max);
+    let mean_wait = waits.iter().sum::<f64>() / waits.len() as f64;
     let mut per_client: HashMap<usize, f64> = (0..contenders).map(|c| (c, 0.0)).collect();
-    for g in grants {
+    for g in &grants {
         *per_client.entry(g.client).or_default() += 1.0;
     }
     let mean = grants.len() as f64 / contenders as f64;
@@ -192,6 +252,7 @@ fn measure(grants: &[Grant], contenders: usize) -> Metrics {
         handoff_p99_ms: percentile(&handoffs, 0.99),
         handoff_max_ms: handoffs.last().copied().unwrap_or(f64::NAN),
         longest_wait_vs_ideal: longest_wait / ideal_wait,
+        longest_wait_vs_mean: longest_wait / mean_wait,
         spread,
     }
 }
@@ -210,52 +271,21 @@ pub fn contention(server: &Server, c: &mut Connection, sizes: &Sizes, figures: &
             for (strategy, results) in strategies.iter().zip(rounds.iter_mut()) {
                 flushall(c);
                 results.push(measure(
-                    &run(server, *strategy, contenders, length),
+                    run_raw(server, *strategy, contenders, length),
                     contenders,
                 ));
             }
         }
-        type Pick = fn(&Metrics) -> f64;
-        let rows: [(&str, &str, Pick, Option<Target>); 7] = [
-            (
-                "lock utilization",
-                "fraction",
-                |m| m.utilization,
-                Some(Target::AtLeast(0.9)),
-            ),
-            ("grants/s", "grants/s", |m| m.grants_per_s, None),
-            (
-                "release to next grant p50 (ms)",
-                "ms",
-                |m| m.handoff_p50_ms,
-                Some(Target::AtMost(0.2)),
-            ),
-            (
-                "release to next grant p99 (ms)",
-                "ms",
-                |m| m.handoff_p99_ms,
-                Some(Target::AtMost(1.0)),
-            ),
-            (
-                "release to next grant max (ms)",
-                "ms",
-                |m| m.handoff_max_ms,
-                None,
-            ),
-            (
-                "longest wait / ideal queue time",
-                "ratio",
-                |m| m.longest_wait_vs_ideal,
-                Some(Target::AtMost(1.2)),
-            ),
-            (
-                "grants per contender, worst deviation from mean",
-                "fraction",
-                |m| m.spread,
-                Some(Target::AtMost(0.05)),
-            ),
+        let targets = [
+            Some(Target::AtLeast(0.9)),
+            None,
+            Some(Target::AtMost(0.2)),
+            Some(Target::AtMost(1.0)),
+            None,
+            Some(Target::AtMost(1.2)),
+            Some(Target::AtMost(0.05)),
         ];
-        for (name, unit, pick, target) in rows {
+        for ((name, unit, pick), target) in ROWS.into_iter().zip(targets) {
             let medians: Vec<f64> = rounds
                 .iter()
                 .map(|runs| super::report::median(runs.iter().map(pick).collect()))

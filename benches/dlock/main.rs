@@ -17,7 +17,10 @@
 //!   cost with 1, 100 and 10k waiters queued;
 //! - holders: the server's time per command with 1k, 10k and 100k holders of one key, a
 //!   RELEASE handing over to 1k and 10k queued readers, and the worst PING while 10k and 50k
-//!   SESSION holds of a closed connection end and while 100k keys' leases end together.
+//!   SESSION holds of a closed connection end and while 100k keys' leases end together;
+//! - clients: the contended hand-over through the Python client (16 processes) next to
+//!   python-redis-lock, pottery and redis-py's `Lock`, and through the Rust client next to
+//!   the raw commands; the CPU and commands/s of keeping 1,000 leases alive.
 //!
 //! It prints a table and writes the same figures to `target/bench/latest.json`.
 //! `-- --smoke` runs everything on tiny sizes in seconds (CI uses it to keep this working);
@@ -25,6 +28,7 @@
 //! is announced with what it runs and how long it took last time, and reports its progress
 //! every 10 s.
 
+mod clients;
 mod cluster;
 #[path = "../../tests/common/mod.rs"]
 mod common;
@@ -72,6 +76,13 @@ pub struct Sizes {
     pub readers: &'static [usize],
     pub session_holds: &'static [usize],
     pub due_keys: usize,
+    /// Contender processes of the Python clients' runs; leases kept alive at once, and their
+    /// ttl; whether third-party baselines may be installed (not by the smoke run, which must
+    /// not need the network).
+    pub python_contenders: usize,
+    pub keepalive_leases: usize,
+    pub keepalive_ttl_ms: u64,
+    pub install_baselines: bool,
 }
 
 const FULL: Sizes = Sizes {
@@ -92,6 +103,10 @@ const FULL: Sizes = Sizes {
     readers: &[1_000, 10_000],
     session_holds: &[10_000, 50_000],
     due_keys: 100_000,
+    python_contenders: 16,
+    keepalive_leases: 1_000,
+    keepalive_ttl_ms: 10_000,
+    install_baselines: true,
 };
 
 const SMOKE: Sizes = Sizes {
@@ -112,6 +127,10 @@ const SMOKE: Sizes = Sizes {
     readers: &[10, 100],
     session_holds: &[200, 1_000],
     due_keys: 1_000,
+    python_contenders: 4,
+    keepalive_leases: 50,
+    keepalive_ttl_ms: 600,
+    install_baselines: false,
 };
 
 /// Hold `count` locks `{prefix}{i:0width}` the way each side takes them.
@@ -161,7 +180,7 @@ struct Section {
     run: fn(&Server, &mut Connection, &Sizes, &mut Vec<report::Figure>),
 }
 
-const SECTIONS: [Section; 8] = [
+const SECTIONS: [Section; 9] = [
     Section {
         name: "throughput",
         what: "redis-benchmark: ACQUIRE/RELEASE/EXTEND/GUARD vs SET NX PX and the EVALSHA scripts",
@@ -201,6 +220,11 @@ const SECTIONS: [Section; 8] = [
         name: "cluster",
         what: "a local Redis Cluster: commands routed by key",
         run: cluster::cluster,
+    },
+    Section {
+        name: "clients",
+        what: "contended hand-over through the Python and Rust clients vs other libraries",
+        run: clients::clients,
     },
 ];
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -15,7 +16,8 @@ from redis.retry import Retry
 from redis_dlock import (
     Lease, Lock, LockLost, ModuleNotLoaded, NotAcquired, NotHeld, ReadWriteLock, Semaphore,
 )
-from redis_dlock._core import drift
+from redis_dlock._core import LINGER, LeaseCore, Spec, drift, plan
+from redis_dlock._sync import _Scheduler
 
 from .server import Monitor, Server, calls, client_ids, connection_count, wait_until
 
@@ -242,6 +244,36 @@ class SyncTest(unittest.TestCase):
         self.assert_no_leftovers(1)
         self.assertEqual(client_ids(self.r, "dlock-keepalive"), [])
 
+    def test_one_lease_after_another_keeps_one_thread_which_ends_after_the_last(self) -> None:
+        lock = Lock(self.r, self.key, 10)
+        lock.acquire().release()
+        thread = _Scheduler.of(self.r)._thread
+        assert thread is not None
+        for _ in range(100):
+            lock.acquire().release()
+            self.assertIs(_Scheduler.of(self.r)._thread, thread)
+        released = time.monotonic()
+        thread.join(10)
+        self.assertGreaterEqual(time.monotonic() - released, LINGER - 0.05)
+        self.assert_no_leftovers(1)
+
+    @unittest.skipUnless(hasattr(os, "fork"), "needs os.fork")
+    def test_a_child_forked_while_the_keepalive_thread_lingers_keeps_its_leases(self) -> None:
+        Lock(self.r, self.key, 10).acquire().release()
+        self.assertIsNotNone(_Scheduler.of(self.r)._thread)
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                lease = Lock(self.r, self.key, 0.3, keepalive=True).acquire()
+                time.sleep(0.6)
+                code = 0 if lease.valid() and lease.release() else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        self.assertEqual(os.waitstatus_to_exitcode(status), 0, "the child's lease was lost")
+        self.assert_no_leftovers(1)
+
     def test_10000_sequential_leases_leave_no_thread_or_connection(self) -> None:
         connections = connection_count(self.r)
         lock = Lock(self.r, self.key)
@@ -421,6 +453,17 @@ class SyncTest(unittest.TestCase):
             Lock(self.r, self.key, 10).acquire()
         self.assertEqual(str(caught.exception), "WRONGTYPE the key holds a semaphore, not a lock")
         held.release()
+
+
+class PlanTest(unittest.TestCase):
+    def test_leases_due_close_together_are_renewed_in_one_batch(self) -> None:
+        # ttl 3 s: each lease is due 1 s after its grant, and may go 0.1 s early with another.
+        spec = Spec.make("k", 3.0, "o", False, True)
+        leases = [LeaseCore(spec, 1, "o", sent) for sent in (0.0, 0.05, 0.099, 0.2)]
+        for lease in leases:
+            lease.lost = threading.Event()
+        self.assertEqual(plan(leases, 0.99)[:2], ([], []))
+        self.assertEqual(plan(leases, 1.0)[:2], ([], leases[:3]))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 import weakref
@@ -15,9 +16,9 @@ from redis import ConnectionPool
 from redis.exceptions import ConnectionError, RedisError, ResponseError, TimeoutError
 
 from ._core import (
-    KEEPALIVE_NAME, QUORUM_NAME, QUORUM_TIMEOUT, SESSION_NAME, Key, LeaseCore, LockBase, Owner,
-    ReadWriteLockBase, SemaphoreMixin, Spec, connection_kwargs, drift, extend_commands, log,
-    node, plan, read_timeout, reply_limit, to_ms, wait_ms,
+    KEEPALIVE_NAME, LINGER, QUORUM_NAME, QUORUM_TIMEOUT, SESSION_NAME, Key, LeaseCore, LockBase,
+    Owner, ReadWriteLockBase, SemaphoreMixin, Spec, connection_kwargs, drift, extend_commands,
+    log, node, plan, read_timeout, reply_limit, to_ms, wait_ms,
 )
 from ._quorum import (
     Reply, Until, Votes, fence_token, is_token, majority, new_owner, node_ids, retry_delay,
@@ -53,9 +54,9 @@ def _reply(conn: Any, limit: float) -> Any:
 
 class _Scheduler:
     """Keeps one connection pool's leases: a daemon thread, started with the first lease and
-    joined when the last one goes, that extends them on its own connection and marks them
-    lost at their deadline. It holds them weakly: a lease dropped without release is no
-    longer kept alive, and its hold ends at its ttl on the server."""
+    ending one to two `LINGER`s after the last one went, that extends them on its own connection
+    and marks them lost at their deadline. It holds them weakly: a lease dropped without
+    release is no longer kept alive, and its hold ends at its ttl on the server."""
 
     def __init__(self, pool: Any) -> None:
         self._pool = pool
@@ -63,6 +64,8 @@ class _Scheduler:
         self._io = threading.Lock()
         self._leases: weakref.WeakSet[Lease] = weakref.WeakSet()
         self._thread: threading.Thread | None = None
+        self._wake = math.inf
+        self._emptied = -math.inf
 
     @classmethod
     def of(cls, client: Any) -> _Scheduler:
@@ -79,39 +82,53 @@ class _Scheduler:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name=KEEPALIVE_NAME, daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            else:
+                # Wake the thread only when this lease needs it sooner than it planned to.
+                expired, due, wake = plan([lease], time.monotonic())
+                if expired or due or wake < self._wake:
+                    self._cond.notify()
 
     def remove(self, lease: Lease) -> None:
         """Stop serving `lease`. Once this returns, no EXTEND of it is in flight or to come."""
         with self._cond:
             self._leases.discard(lease)
-            thread = None
             if not self._leases:
-                thread, self._thread = self._thread, None
-            self._cond.notify()
-        if thread is threading.current_thread():
+                self._emptied = time.monotonic()
+        if self._thread is threading.current_thread():
             return
         with self._io:
             pass
-        if thread is not None:
-            thread.join()
 
     def _run(self) -> None:
         me = threading.current_thread()
         conn = None
+        noticed_idle = math.inf
         try:
             while True:
                 with self._cond:
                     if self._thread is not me:
                         return
-                    if not self._leases:
-                        self._thread = None
-                        return
                     now = time.monotonic()
+                    if not self._leases:
+                        # Idle since the last release, or since noticed when the last lease
+                        # was dropped without one.
+                        noticed_idle = min(noticed_idle, now)
+                        idle_since = max(noticed_idle, self._emptied)
+                        if now >= idle_since + LINGER:
+                            self._thread = None
+                            return
+                        self._wake = idle_since + LINGER
+                        self._cond.wait(self._wake - now)
+                        continue
+                    noticed_idle = math.inf
                     expired, due, wake = plan(self._leases, now)
                     if not expired and not due:
-                        self._cond.wait(wake - now)
+                        # Waking at least every LINGER notices when the last lease went
+                        # (release does not wake the thread: that would cost a switch).
+                        self._wake = min(wake, now + LINGER)
+                        self._cond.wait(self._wake - now)
                         continue
+                    self._wake = now
                     self._leases.difference_update(expired)
                 for lease in expired:
                     lease.mark_lost()
@@ -465,6 +482,18 @@ class _QuorumKeeper(_Scheduler):
 
 
 _quorum_keeper = _QuorumKeeper(None)
+
+
+def _forget_threads_after_fork() -> None:
+    """A forked child has none of its parent's threads, but would inherit its schedulers,
+    whose thread may still be lingering (and whose locks may be held): it starts afresh."""
+    global _schedulers, _schedulers_lock, _quorum_keeper
+    _schedulers = weakref.WeakKeyDictionary()
+    _schedulers_lock = threading.Lock()
+    _quorum_keeper = _QuorumKeeper(None)
+
+
+os.register_at_fork(after_in_child=_forget_threads_after_fork)
 
 
 class QuorumLease(LeaseCore):
