@@ -1,6 +1,7 @@
 //! The blocking client: [`Client`], the lock objects and [`Lease`], a guard that releases on
 //! drop. One keepalive thread per [`Client`] serves all its leases.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -113,7 +114,14 @@ struct Keepalive {
     registry: Mutex<Registry>,
     wake: Condvar,
     threads: Mutex<Threads>,
+    /// The client is gone: the threads end without lingering.
+    closing: AtomicBool,
 }
+
+/// How long the background threads wait for a new lease once the last one is gone before they
+/// end: a program that takes one lease after another does not start and join two threads
+/// for each (which cost more than its ACQUIRE and RELEASE).
+const LINGER: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 struct Threads {
@@ -154,6 +162,7 @@ impl Client {
                     registry: Mutex::new(Registry::default()),
                     wake: Condvar::new(),
                     threads: Mutex::new(Threads::default()),
+                    closing: AtomicBool::new(false),
                 }),
             }),
         }
@@ -250,7 +259,8 @@ impl ClientInner {
 
 impl Drop for ClientInner {
     fn drop(&mut self) {
-        // Every lease holds the client, so none is left: the thread is ending; join it.
+        // Every lease holds the client, so none is left: the threads end now; join them.
+        self.keepalive.closing.store(true, Ordering::Relaxed);
         self.keepalive.wake.notify_all();
         let threads = std::mem::take(&mut *lock(&self.keepalive.threads));
         let me = std::thread::current().id();
@@ -269,14 +279,26 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Option<JoinHandle<()>
 }
 
 /// The deadline thread: sleeps until the next lease's lost signal is due, marks it lost, and
-/// returns when no lease is left. It does no I/O, so a frozen server cannot delay it.
+/// returns when no lease is left (after `LINGER`). It does no I/O, so a frozen server cannot
+/// delay it.
 fn deadline_loop(ka: &Keepalive) {
     let mut registry = lock(&ka.registry);
+    let mut lingered = false;
     loop {
         if registry.leases.is_empty() {
-            registry.watching = false;
-            return;
+            if lingered || ka.closing.load(Ordering::Relaxed) {
+                registry.watching = false;
+                return;
+            }
+            lingered = true;
+            registry = ka
+                .wake
+                .wait_timeout(registry, LINGER)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+            continue;
         }
+        lingered = false;
         let (lost, next) = registry.overdue(Instant::now());
         if !lost.is_empty() {
             drop(registry);
@@ -296,15 +318,25 @@ fn deadline_loop(ka: &Keepalive) {
 }
 
 /// The keepalive thread: renews due leases on its own connection, marks lost the ones whose
-/// deadline comes, sleeps in between, and returns when it has no lease left.
+/// deadline comes, sleeps in between, and returns when it has no lease left (after `LINGER`).
 fn keepalive_loop(ka: &Keepalive, redis: &Backend) {
     let mut conn: Option<Conn> = None;
+    let mut lingered = false;
     loop {
         let work = {
             let mut registry = lock(&ka.registry);
             loop {
                 match registry.plan(Instant::now(), IoBound::UntilLost) {
+                    Work::Exit if !lingered && !ka.closing.load(Ordering::Relaxed) => {
+                        lingered = true;
+                        registry = ka
+                            .wake
+                            .wait_timeout(registry, LINGER)
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .0;
+                    }
                     Work::Idle(wake) => {
+                        lingered = false;
                         registry = match wake {
                             Some(at) => {
                                 let wait = at.saturating_duration_since(Instant::now());
@@ -323,7 +355,10 @@ fn keepalive_loop(ka: &Keepalive, redis: &Backend) {
                         registry.running = false;
                         return;
                     }
-                    work => break work,
+                    work => {
+                        lingered = false;
+                        break work;
+                    }
                 }
             }
         };
