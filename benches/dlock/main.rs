@@ -17,7 +17,9 @@
 //!   cost with 1, 100 and 10k waiters queued;
 //! - holders: the server's time per command with 1k, 10k and 100k holders of one key, a
 //!   RELEASE handing over to 1k and 10k queued readers, and the worst PING while 10k and 50k
-//!   SESSION holds of a closed connection end and while 100k keys' leases end together.
+//!   SESSION holds of a closed connection end and while 100k keys' leases end together;
+//! - quorum: acquire+release cycles of the Rust and Python clients' `QuorumLock` on 3 and 5
+//!   servers against pottery's Redlock and node-redlock on the same servers.
 //!
 //! It prints a table and writes the same figures to `target/bench/latest.json`.
 //! `-- --smoke` runs everything on tiny sizes in seconds (CI uses it to keep this working);
@@ -33,6 +35,7 @@ mod expiry;
 mod holders;
 mod memory;
 mod modes;
+mod quorum;
 mod report;
 mod scaling;
 mod throughput;
@@ -161,7 +164,7 @@ struct Section {
     run: fn(&Server, &mut Connection, &Sizes, &mut Vec<report::Figure>),
 }
 
-const SECTIONS: [Section; 8] = [
+const SECTIONS: [Section; 9] = [
     Section {
         name: "throughput",
         what: "redis-benchmark: ACQUIRE/RELEASE/EXTEND/GUARD vs SET NX PX and the EVALSHA scripts",
@@ -201,6 +204,11 @@ const SECTIONS: [Section; 8] = [
         name: "cluster",
         what: "a local Redis Cluster: commands routed by key",
         run: cluster::cluster,
+    },
+    Section {
+        name: "quorum",
+        what: "QuorumLock on 3 and 5 servers vs pottery's Redlock and node-redlock",
+        run: quorum::quorum,
     },
 ];
 
