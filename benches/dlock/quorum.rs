@@ -283,7 +283,9 @@ fn driver_run(runner: Runner, ports: &[u16], contenders: usize, length: Duration
                         "dlock"
                     },
                 ])
-                .env("PYTHONPATH", python_path());
+                .env("PYTHONPATH", python_path())
+                // No __pycache__ in the source tree.
+                .env("PYTHONDONTWRITEBYTECODE", "1");
             c
         }
     };
