@@ -44,8 +44,10 @@ bench: build
 # The long reliability run (safety checker at 100k grants, 20 crashes, 1M fuzzed commands,
 # 10k waiters and 1M cycles of churn, 200k steps of the lifecycle chaos test, 10 minutes of
 # the quorum checker and 10 of its Redlock contrast), printing its figures. About 45 minutes.
+# FAKETIME_SERVER=path/to/redis-server (built with MALLOC=libc; needs the faketime package)
+# adds the quorum checker's clock-offset fault.
 torture: build
-	DLOCK_TORTURE=1 $(CARGO) test --release --test reliability --test chaos --test quorum -- --nocapture --test-threads=1
+	DLOCK_TORTURE=1 FAKETIME_SERVER=$(FAKETIME_SERVER) $(CARGO) test --release --test reliability --test chaos --test quorum -- --nocapture --test-threads=1
 
 # The whole suite against each server in SERVERS (or under COMPAT_DIR), as a matrix.
 compat: build

@@ -5,6 +5,11 @@
 //! `make test` runs the checker for 30 s (`QUORUM_SECONDS` changes it); `make torture`
 //! (DLOCK_TORTURE=1) for 10 minutes, and then the same workload through pottery's Redlock
 //! as the contrast (pip installs pottery into a temporary directory for that run).
+//!
+//! With `FAKETIME_SERVER` naming a redis-server built with `MALLOC=libc` and libfaketime
+//! installed (Debian's `faketime`), the checker also steps one server's clock at a time
+//! (`make torture FAKETIME_SERVER=...`); this test then fails if that fault did not run.
+//! Without it the summary says the clock fault was skipped, and why.
 
 mod common;
 
@@ -51,6 +56,9 @@ fn the_quorum_checker_finds_no_violation_under_faults() {
     assert_eq!(figure(summary, "violations"), 0, "{summary}");
     assert_eq!(figure(summary, "stale writes accepted"), 0, "{summary}");
     assert_eq!(figure(summary, "order inversions"), 0, "{summary}");
+    if std::env::var_os("FAKETIME_SERVER").is_some_and(|s| !s.is_empty()) {
+        assert!(figure(summary, "clock offset") > 0, "{summary}");
+    }
 }
 
 #[test]

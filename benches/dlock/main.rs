@@ -20,7 +20,9 @@
 //!   SESSION holds of a closed connection end and while 100k keys' leases end together;
 //! - clients: the contended hand-over through the Python client (16 processes) next to
 //!   python-redis-lock, pottery and redis-py's `Lock`, and through the Rust client next to
-//!   the raw commands; the CPU and commands/s of keeping 1,000 leases alive.
+//!   the raw commands; the CPU and commands/s of keeping 1,000 leases alive;
+//! - quorum: acquire+release cycles of the Rust and Python clients' `QuorumLock` on 3 and 5
+//!   servers against pottery's Redlock and node-redlock on the same servers.
 //!
 //! It prints a table and writes the same figures to `target/bench/latest.json`.
 //! `-- --smoke` runs everything on tiny sizes in seconds (CI uses it to keep this working);
@@ -37,6 +39,7 @@ mod expiry;
 mod holders;
 mod memory;
 mod modes;
+mod quorum;
 mod report;
 mod scaling;
 mod throughput;
@@ -180,7 +183,7 @@ struct Section {
     run: fn(&Server, &mut Connection, &Sizes, &mut Vec<report::Figure>),
 }
 
-const SECTIONS: [Section; 9] = [
+const SECTIONS: [Section; 10] = [
     Section {
         name: "throughput",
         what: "redis-benchmark: ACQUIRE/RELEASE/EXTEND/GUARD vs SET NX PX and the EVALSHA scripts",
@@ -225,6 +228,11 @@ const SECTIONS: [Section; 9] = [
         name: "clients",
         what: "contended hand-over through the Python and Rust clients vs other libraries",
         run: clients::clients,
+    },
+    Section {
+        name: "quorum",
+        what: "QuorumLock on 3 and 5 servers vs pottery's Redlock and node-redlock",
+        run: quorum::quorum,
     },
 ];
 

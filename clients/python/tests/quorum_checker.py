@@ -19,8 +19,8 @@ token.
 - A fault thread, at random: kill -9 of one or two lock servers, their AOF cut back to its
   size up to a second before (what a power loss costs with `everysec`: the writes not yet
   fsynced), then restart; SIGSTOP of a lock server past the ttl; SIGSTOP of a client (three
-  times in four a current holder) past its lease. A clock offset for one server runs only with
-  `faketime` installed and FAKETIME_SERVER naming a redis-server built with libc malloc.
+  times in four a current holder) past its lease; with FAKETIME_SERVER (below), a step of
+  one server's wall clock, 50-500 ms forward or back, for 1.2-3 x the ttl, then back.
 - Checked afterwards: violations (two holders accepted with one token, or an accepted token
   below one accepted before it, from the resource's logs); order inversions (a grant whose
   ACQUIREs were sent after another grant had come back, with a token not above it); how
@@ -32,6 +32,15 @@ token.
 temporary directory for that run): its values are random, so the resource can only compare
 them for equality and accepts every write; the run reports the same overlaps and how many
 stale writes got through.
+
+The clock fault needs libfaketime (Debian's `faketime` package) and FAKETIME_SERVER naming a
+redis-server built with `MALLOC=libc` (libfaketime hangs jemalloc builds at startup, Debian's
+among them): the five lock servers are then that binary, each with libfaketime preloaded and
+reading its offset from a file of its own every second, so a running server's clock can be
+stepped (the fault waits until the server's TIME shows each step). A crashed server then
+stays down longer than the largest offset: that is the condition under which tokens stay
+ordered after a crash that lost writes (README, "Assumptions, and what happens when they
+fail"). Without them the summary says why the fault was skipped.
 
 The last line printed is the summary; `main()` returns it as a dict too.
 """
@@ -51,6 +60,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from glob import glob
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +71,13 @@ from redis_dlock._core import drift, to_ms
 from .server import Server
 
 LOCK_SERVERS = 5
+
+MAX_OFFSET_MS = 500
+"""The largest clock step of the clock fault."""
+
+LIBFAKETIME = ["/usr/lib/*/faketime/libfaketime.so.1", "/usr/lib/faketime/libfaketime.so.1",
+               "/usr/local/lib/faketime/libfaketime.so.1"]
+"""Where Debian and libfaketime's own `make install` put the library."""
 
 FENCED_WRITE = """
 local token = tonumber(ARGV[1])
@@ -175,12 +192,60 @@ def logging_off() -> None:
     logging.getLogger("pottery").setLevel(logging.CRITICAL)
 
 
+class Clocks:
+    """The lock servers' wall clocks under libfaketime: one file per server holding its
+    offset (`+0.250` seconds), which libfaketime reads again after a second
+    (FAKETIME_CACHE_DURATION: reading it at every clock call would make the servers several
+    times slower); the monotonic clock stays real, as an NTP step leaves it."""
+
+    def __init__(self, binary: str, library: str, count: int) -> None:
+        self.binary = binary
+        self.library = library
+        self.dir = Path(tempfile.mkdtemp(prefix="dlock-clocks-"))
+        self.files = [self.dir / f"clock{n}" for n in range(count)]
+        for n in range(count):
+            self.set(n, 0)
+
+    @staticmethod
+    def setup(count: int) -> tuple[Clocks | None, str]:
+        """The clocks when FAKETIME_SERVER and libfaketime allow them, else why not."""
+        binary = os.environ.get("FAKETIME_SERVER")
+        if not binary:
+            return None, "FAKETIME_SERVER is not set"
+        library = next((hit for pattern in LIBFAKETIME for hit in sorted(glob(pattern))), None)
+        if library is None:
+            return None, "libfaketime is not installed (apt-get install faketime)"
+        try:
+            version = subprocess.run([binary, "--version"], capture_output=True, text=True,
+                                     timeout=10).stdout
+        except (OSError, subprocess.TimeoutExpired) as error:
+            return None, f"FAKETIME_SERVER {binary} does not run: {error}"
+        if "malloc=libc" not in version:
+            return None, f"FAKETIME_SERVER {binary} is not built with MALLOC=libc"
+        return Clocks(binary, library, count), ""
+
+    def env(self, n: int) -> dict[str, str]:
+        return {"LD_PRELOAD": self.library, "FAKETIME_TIMESTAMP_FILE": str(self.files[n]),
+                "FAKETIME_CACHE_DURATION": "1", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+
+    def set(self, n: int, offset_ms: int) -> None:
+        """Step server `n`'s clock to `offset_ms` from the real time (a whole file at once:
+        a server never reads half of one)."""
+        staged = self.files[n].with_suffix(".new")
+        staged.write_text(f"{offset_ms / 1000:+.3f}\n")
+        os.replace(staged, self.files[n])
+
+    def remove(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 class Faults:
     """The fault thread: one fault at a time, at random, until stopped; counts them."""
 
     def __init__(
         self, servers: list[Server], clients: list[multiprocessing.process.BaseProcess],
         resource: redis.Redis, keys: list[str], ttl: float, seed: int,
+        clocks: Clocks | None, clocks_skipped: str,
     ) -> None:
         self.servers = servers
         self.clients = clients
@@ -192,11 +257,17 @@ class Faults:
         self.lost_bytes = 0
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.run, name="faults", daemon=True)
-        self.faketime = bool(shutil.which("faketime") and os.environ.get("FAKETIME_SERVER"))
+        self.clocks = clocks
+        self.clocks_skipped = clocks_skipped
+        self.offsets: list[int] = []
+        self.step_seen_s = 0.0
+        self.steps_unseen = 0
+        # With clock steps, a crashed server stays down longer than the largest of them.
+        self.min_outage = (MAX_OFFSET_MS + 50) / 1000 if clocks else 0.0
 
     def run(self) -> None:
         kinds = ["crash", "server_stop", "client_stop"]
-        if self.faketime:
+        if self.clocks:
             kinds.append("clock_offset")
         while not self.stop.wait(self.rng.uniform(0.3, 1.5)):
             kind = self.rng.choice(kinds)
@@ -221,6 +292,7 @@ class Faults:
             if path is not None and path.exists() and path.stat().st_size >= size:
                 self.lost_bytes += path.stat().st_size - size
                 os.truncate(path, size)
+        time.sleep(self.min_outage)
         self.stop.wait(self.rng.uniform(0, 0.3))
         for server in victims:
             server.restart()
@@ -248,22 +320,47 @@ class Faults:
             os.kill(pid, signal.SIGCONT)
 
     def clock_offset(self) -> None:
-        """Restart one server under faketime, its clock off by up to a few hundred ms
-        (needs a redis-server built with libc malloc: FAKETIME_SERVER)."""
-        server = self.rng.choice(self.servers)
-        offset = self.rng.choice([-1, 1]) * self.rng.randint(50, 500)
-        server.process.kill()
-        server.process.wait()
-        binary = os.environ["FAKETIME_SERVER"]
-        server.process = subprocess.Popen(
-            ["faketime", "-f", f"{offset / 1000:+.3f}s", binary, "--port", str(server.port),
-             *server._args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.stop.wait(self.pause())
-        server.restart()
+        """Step one running server's wall clock 50-500 ms forward or back, leave it there for
+        1.2-3 x the ttl, then step it back to the right time."""
+        assert self.clocks is not None
+        n = self.rng.randrange(len(self.servers))
+        offset = self.rng.choice([-1, 1]) * self.rng.randint(50, MAX_OFFSET_MS)
+        self.offsets.append(offset)
+        self.clocks.set(n, offset)
+        try:
+            self.until_seen(n, offset)
+            self.stop.wait(self.pause())
+        finally:
+            self.clocks.set(n, 0)
+            self.until_seen(n, 0)
+
+    def until_seen(self, n: int, offset_ms: int) -> None:
+        """Wait until server `n`'s TIME shows the step (libfaketime reads its file again
+        within about 1.5 s), up to 3 s: the slowest in `step_seen_s`, the steps never seen in
+        `steps_unseen`."""
+        asked = time.monotonic()
+        try:
+            with self.servers[n].client(socket_timeout=1) as probe:
+                while time.monotonic() < asked + 3:
+                    before = time.time()
+                    seconds, micros = probe.time()
+                    after = time.time()
+                    seen_ms = (seconds + micros / 1e6 - (before + after) / 2) * 1000
+                    if abs(seen_ms - offset_ms) <= 5 + (after - before) * 500:
+                        self.step_seen_s = max(self.step_seen_s, time.monotonic() - asked)
+                        return
+                    time.sleep(0.02)
+        except redis.RedisError:
+            pass
+        self.steps_unseen += 1
 
     def summary(self) -> str:
-        clock = (f"clock offset {self.counts['clock_offset']}" if self.faketime else
-                 "clock offset skipped (needs faketime and FAKETIME_SERVER)")
+        ahead = sum(1 for offset in self.offsets if offset > 0)
+        clock = (f"clock offset {self.counts['clock_offset']} ({ahead} ahead, "
+                 f"{len(self.offsets) - ahead} behind, 50-{MAX_OFFSET_MS} ms; TIME showed "
+                 f"each step within {self.step_seen_s:.2f} s, {self.steps_unseen} not seen)"
+                 if self.clocks
+                 else f"clock offset skipped: {self.clocks_skipped}")
         return (f"faults {sum(self.counts.values())} (kill -9 + restart "
                 f"{self.counts['crash']}, {self.lost_bytes} B of AOF lost; server SIGSTOP "
                 f"{self.counts['server_stop']}; client SIGSTOP {self.counts['client_stop']}; "
@@ -354,8 +451,11 @@ def run(
         pottery_path = install_pottery()
         if pottery_path is None:
             return None
+    clocks, clocks_skipped = Clocks.setup(LOCK_SERVERS)
     servers = [Server(True, "--appendonly", "yes", "--appendfsync", "everysec",
-                      "--auto-aof-rewrite-percentage", "0", module_args=["node-id", str(n)])
+                      "--auto-aof-rewrite-percentage", "0", module_args=["node-id", str(n)],
+                      binary=clocks.binary if clocks else None,
+                      env=clocks.env(n - 1) if clocks else None)
                for n in range(1, LOCK_SERVERS + 1)]
     resource_server = Server(module=False)
     resource = resource_server.client()
@@ -367,7 +467,7 @@ def run(
             n, mode, [s.port for s in servers], resource_server.port, names, ttl, stop,
             pottery_path))
         for n in range(clients)]
-    faults = Faults(servers, processes, resource, names, ttl, seed)
+    faults = Faults(servers, processes, resource, names, ttl, seed, clocks, clocks_skipped)
     started = time.monotonic()
     try:
         for process in processes:
@@ -392,6 +492,8 @@ def run(
                 process.kill()
         for server in [*servers, resource_server]:
             server.stop()
+        if clocks is not None:
+            clocks.remove()
         if pottery_path is not None:
             shutil.rmtree(pottery_path, ignore_errors=True)
 

@@ -45,8 +45,13 @@ class Server:
 
     def __init__(
         self, module: bool = True, *config: str, module_args: Sequence[str] = (),
+        binary: str | None = None, env: dict[str, str] | None = None,
     ) -> None:
+        """`binary` instead of REDIS_SERVER, `env` added to the server's environment (both
+        kept for restarts)."""
         self.dir = tempfile.mkdtemp(prefix="dlock-py-")
+        self.binary = binary or REDIS_SERVER
+        self.env = {**os.environ, **env} if env else None
         self._args = ["--bind", "127.0.0.1", "--save", "", "--enable-debug-command", "yes",
                       "--dir", self.dir, "--logfile", "redis.log", *config]
         if module:
@@ -61,7 +66,7 @@ class Server:
 
     def _launch(self) -> bool:
         self.process = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.port), *self._args],
+            [self.binary, "--port", str(self.port), *self._args], env=self.env,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         return self._answers()
 
