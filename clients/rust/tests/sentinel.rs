@@ -31,9 +31,9 @@ impl Sentinel {
             std::process::id(),
             master.port
         ));
-        std::fs::create_dir_all(&dir).expect("create the sentinel's directory");
         // Another process may take the port between our probe and the sentinel's bind: retry.
         for _ in 0..100 {
+            std::fs::create_dir_all(&dir).expect("create the sentinel's directory");
             let port = free_port();
             let config = dir.join("sentinel.conf");
             std::fs::write(
@@ -73,9 +73,7 @@ impl Sentinel {
                 }
                 std::thread::sleep(Duration::from_millis(5));
             }
-            let _ = sentinel.child.kill();
-            let _ = sentinel.child.wait();
-            std::mem::forget(sentinel);
+            drop(sentinel);
         }
         panic!("the sentinel did not start; see {}", dir.display());
     }
