@@ -22,7 +22,7 @@ pub use quorum::{QuorumLease, QuorumLock};
 use crate::error::{Error, Result, is_fence_refusal};
 use crate::spec::{self, Mode, Spec};
 use crate::state::{IoBound, LeaseState, QuorumLink, RETRY, Registry, SessionConn, Work, lock};
-use crate::sync::{Backend, DEFAULT_COMMAND_TIMEOUT, KEEPALIVE_CONNECTION_NAME};
+use crate::sync::{DEFAULT_COMMAND_TIMEOUT, KEEPALIVE_CONNECTION_NAME};
 
 /// An async connection of either kind (both are cheap to clone: handles on one driver).
 #[derive(Clone)]
@@ -63,17 +63,41 @@ impl redis::aio::ConnectionLike for AConn {
     }
 }
 
+/// Where connections come from, as the blocking client's `Backend`; the Sentinel client sits
+/// behind an async mutex, since a lookup awaits with it.
+#[derive(Clone)]
+pub(crate) enum Backend {
+    Single(redis::Client),
+    #[cfg(feature = "cluster")]
+    Cluster(redis::cluster::ClusterClient),
+    #[cfg(feature = "sentinel")]
+    Sentinel(Arc<tokio::sync::Mutex<redis::sentinel::SentinelClient>>),
+}
+
 impl Backend {
     async fn connect_async(&self) -> RedisResult<AConn> {
+        let config = AsyncConnectionConfig::new().set_connection_timeout(CONNECT_TIMEOUT);
         match self {
-            Backend::Single(c) => {
-                let config = AsyncConnectionConfig::new().set_connection_timeout(CONNECT_TIMEOUT);
-                c.get_multiplexed_async_connection_with_config(&config)
-                    .await
-                    .map(AConn::Single)
-            }
+            Backend::Single(c) => c
+                .get_multiplexed_async_connection_with_config(&config)
+                .await
+                .map(AConn::Single),
             #[cfg(feature = "cluster")]
             Backend::Cluster(c) => c.get_async_connection().await.map(AConn::Cluster),
+            // Asked anew for every connection, so that new ones follow a failover. The lookup
+            // has no timeout of its own (it also connects to the master to check its role):
+            // bound it, so a frozen sentinel or master cannot hold the caller.
+            #[cfg(feature = "sentinel")]
+            Backend::Sentinel(s) => {
+                within(Some(CONNECT_TIMEOUT), async {
+                    let master = s.lock().await.async_get_client().await?;
+                    master
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await
+                        .map(AConn::Single)
+                })
+                .await
+            }
         }
     }
 }
@@ -140,6 +164,19 @@ impl Client {
     #[cfg(feature = "cluster")]
     pub fn cluster(cluster: redis::cluster::ClusterClient) -> Client {
         Client::from_backend(Backend::Cluster(cluster), Some(DEFAULT_COMMAND_TIMEOUT))
+    }
+
+    /// A handle on the master that `sentinel` (built with [`SentinelServerType::Master`])
+    /// names: every new connection asks the sentinels for the current master, so after a
+    /// failover new commands, waits and the keepalive's reconnections go to the new one.
+    ///
+    /// [`SentinelServerType::Master`]: redis::sentinel::SentinelServerType::Master
+    #[cfg(feature = "sentinel")]
+    pub fn sentinel(sentinel: redis::sentinel::SentinelClient) -> Client {
+        Client::from_backend(
+            Backend::Sentinel(Arc::new(tokio::sync::Mutex::new(sentinel))),
+            Some(DEFAULT_COMMAND_TIMEOUT),
+        )
     }
 
     /// A handle whose non-waiting commands give up after `timeout` (`None`: never).

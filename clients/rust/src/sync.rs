@@ -27,12 +27,15 @@ pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_IDLE_CONNECTIONS: usize = 4;
 
-/// Where connections come from: one server, or a Redis Cluster.
+/// Where connections come from: one server, a Redis Cluster, or the master that Sentinel
+/// names when the connection is made.
 #[derive(Clone)]
 pub(crate) enum Backend {
     Single(redis::Client),
     #[cfg(feature = "cluster")]
     Cluster(redis::cluster::ClusterClient),
+    #[cfg(feature = "sentinel")]
+    Sentinel(Arc<Mutex<redis::sentinel::SentinelClient>>),
 }
 
 /// A blocking connection of either kind.
@@ -52,6 +55,14 @@ impl Backend {
                     redis::cluster::ClusterConfig::new().set_connection_timeout(timeout),
                 )
                 .map(|c| Conn::Cluster(Box::new(c))),
+            // Asked anew for every connection, so that new ones follow a failover.
+            #[cfg(feature = "sentinel")]
+            Backend::Sentinel(s) => {
+                let master = lock(s).get_client()?;
+                master
+                    .get_connection_with_timeout(timeout)
+                    .map(Conn::Single)
+            }
         }
     }
 }
@@ -145,6 +156,19 @@ impl Client {
     #[cfg(feature = "cluster")]
     pub fn cluster(cluster: redis::cluster::ClusterClient) -> Client {
         Client::from_backend(Backend::Cluster(cluster), Some(DEFAULT_COMMAND_TIMEOUT))
+    }
+
+    /// A handle on the master that `sentinel` (built with [`SentinelServerType::Master`])
+    /// names: every new connection asks the sentinels for the current master, so after a
+    /// failover new commands, waits and the keepalive's reconnections go to the new one.
+    ///
+    /// [`SentinelServerType::Master`]: redis::sentinel::SentinelServerType::Master
+    #[cfg(feature = "sentinel")]
+    pub fn sentinel(sentinel: redis::sentinel::SentinelClient) -> Client {
+        Client::from_backend(
+            Backend::Sentinel(Arc::new(Mutex::new(sentinel))),
+            Some(DEFAULT_COMMAND_TIMEOUT),
+        )
     }
 
     /// A handle whose non-waiting commands give up after `timeout` (`None`: never).

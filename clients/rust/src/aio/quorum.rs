@@ -17,7 +17,7 @@ use crate::state::{self, LeaseState, QuorumLink, RETRY, SessionConn, lock};
 /// One server of a quorum lease, as its keepalive renews it: where to connect, and the
 /// connection kept between renewals.
 pub(crate) struct Target {
-    redis: crate::sync::Backend,
+    redis: super::Backend,
     conn: Mutex<Option<AConn>>,
 }
 
