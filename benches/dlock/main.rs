@@ -58,6 +58,9 @@ pub struct Sizes {
     /// How long each contended run lasts, and with how many contenders.
     pub contention_ms: u64,
     pub contenders: &'static [usize],
+    /// At most this many contended rounds; from `rounds` on, they stop once two consecutive
+    /// medians agree.
+    pub contention_max_rounds: usize,
     /// Unrelated keys with TTLs around the expiry hand-over, and rounds of it.
     pub expiry_filler: u64,
     pub expiry_rounds: usize,
@@ -82,6 +85,7 @@ const FULL: Sizes = Sizes {
     memory_locks: 1_000_000,
     contention_ms: 3_000,
     contenders: &[16, 64],
+    contention_max_rounds: 6,
     expiry_filler: 1_000_000,
     expiry_rounds: 5,
     held: &[1_000, 100_000, 1_000_000],
@@ -102,6 +106,7 @@ const SMOKE: Sizes = Sizes {
     memory_locks: 5_000,
     contention_ms: 200,
     contenders: &[4],
+    contention_max_rounds: 2,
     expiry_filler: 1_000,
     expiry_rounds: 1,
     held: &[100, 1_000],

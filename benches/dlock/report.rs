@@ -49,9 +49,15 @@ impl Figure {
     }
 }
 
+/// The middle value, or the mean of the two middle ones (NaN for none).
 pub fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+    let half = values.len() / 2;
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[half],
+        _ => (values[half - 1] + values[half]) / 2.0,
+    }
 }
 
 pub fn print_table(figures: &[Figure]) -> String {
