@@ -9,13 +9,15 @@
 //!
 //! Rounds of every strategy repeat until the key figures settle or a cap is hit, and the table
 //! says which; it also gives the hold each strategy achieved, as a 1 ms sleep overshoots on a
-//! loaded machine and utilization counts the overshoot as held time.
+//! loaded machine and utilization counts the overshoot as held time. The hand-over latencies
+//! and each round's utilization and fairness are drawn as charts.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use super::charts::{BarPanel, Charts};
 use super::common::{Connection, Server, Value, cmd};
 use super::report::{Figure, Target, median};
 use super::{Sizes, flushall};
@@ -65,6 +67,8 @@ struct Metrics {
     handoff_max_ms: f64,
     longest_wait_vs_ideal: f64,
     spread: f64,
+    /// Every release → next grant at another client (ms), sorted, for the chart.
+    handoffs: Vec<f64>,
 }
 
 fn take(c: &mut Connection, strategy: Strategy, owner: &str) {
@@ -204,6 +208,7 @@ fn measure(grants: &[Grant], contenders: usize) -> Metrics {
         handoff_max_ms: handoffs.last().copied().unwrap_or(f64::NAN),
         longest_wait_vs_ideal: longest_wait / ideal_wait,
         spread,
+        handoffs,
     }
 }
 
@@ -294,6 +299,23 @@ pub fn contention(server: &Server, c: &mut Connection, sizes: &Sizes, figures: &
         Strategy::Poll(Duration::ZERO),
     ];
     let labels: Vec<String> = strategies.iter().map(|s| s.label()).collect();
+    let mut handover_panels = vec![];
+    let mut utilization = BarPanel {
+        title: "lock utilization".into(),
+        y_label: "fraction of the run the lock is held".into(),
+        groups: vec![],
+        values: vec![vec![]; strategies.len()],
+        runs: vec![vec![]; strategies.len()],
+        reference: Some((0.9, "target ≥ 0.9".into())),
+    };
+    let mut fairness = BarPanel {
+        title: "fairness".into(),
+        y_label: "grants per contender: worst deviation from mean".into(),
+        groups: vec![],
+        values: vec![vec![]; strategies.len()],
+        runs: vec![vec![]; strategies.len()],
+        reference: Some((0.05, "target ≤ 0.05".into())),
+    };
     for &contenders in sizes.contenders {
         let (rounds, verdict) = rounds_until_stable(server, c, sizes, &strategies, contenders);
         let rows: [(&str, &str, Pick, Option<Target>); 8] = [
@@ -369,5 +391,37 @@ pub fn contention(server: &Server, c: &mut Connection, sizes: &Sizes, figures: &
             target: None,
             others: vec![],
         });
+        handover_panels.push((
+            format!("{contenders} contenders"),
+            rounds
+                .iter()
+                .map(|runs| runs.iter().flat_map(|m| m.handoffs.clone()).collect())
+                .collect(),
+        ));
+        for (panel, pick) in [
+            (&mut utilization, (|m| m.utilization) as Pick),
+            (&mut fairness, |m| m.spread),
+        ] {
+            panel.groups.push(format!("{contenders} contenders"));
+            for (k, runs) in rounds.iter().enumerate() {
+                let values: Vec<f64> = runs.iter().map(pick).collect();
+                panel.values[k].push(median(values.clone()));
+                panel.runs[k].push(values);
+            }
+        }
     }
+    let charts = Charts::new(c);
+    charts.cdf(
+        "contention-handover",
+        "Release to next grant on a contended lock (hold 1 ms, think 1 ms)",
+        "release to next grant at another client (ms, log scale)",
+        &labels,
+        &handover_panels,
+    );
+    charts.bars(
+        "contention-utilization",
+        "Utilization and fairness on a contended lock, median and each round",
+        &labels,
+        &[utilization, fairness],
+    );
 }

@@ -19,12 +19,14 @@
 //!   RELEASE handing over to 1k and 10k queued readers, and the worst PING while 10k and 50k
 //!   SESSION holds of a closed connection end and while 100k keys' leases end together.
 //!
-//! It prints a table and writes the same figures to `target/bench/latest.json`.
+//! It prints a table and writes the same figures to `target/bench/latest.json`, and the
+//! contention, expiry and throughput sections draw their charts beside it (`*.svg`).
 //! `-- --smoke` runs everything on tiny sizes in seconds (CI uses it to keep this working);
 //! `-- --only SECTION` runs one section at full size (`--only` alone lists them). Each section
 //! is announced with what it runs and how long it took last time, and reports its progress
 //! every 10 s.
 
+mod charts;
 mod cluster;
 #[path = "../../tests/common/mod.rs"]
 mod common;
@@ -271,13 +273,7 @@ fn main() {
         ("maxclients", "15000"),
     ]);
     let mut c = server.client();
-    let version: String = cmd("INFO").arg("server").query(&mut c).expect("INFO");
-    let version = version
-        .lines()
-        .find_map(|l| l.strip_prefix("redis_version:"))
-        .unwrap_or("?")
-        .trim()
-        .to_string();
+    let version = report::redis_version(&mut c);
 
     let expected = last_durations();
     let mut took = Vec::new();

@@ -2,6 +2,8 @@
 
 use std::fmt::Write as _;
 
+use super::common::{Connection, cmd};
+
 #[derive(Clone, Copy)]
 pub enum Target {
     /// dlock / baseline must be at least this.
@@ -141,4 +143,13 @@ pub fn machine() -> String {
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     format!("{cores} cores, {cpu}")
+}
+
+pub fn redis_version(c: &mut Connection) -> String {
+    let info: String = cmd("INFO").arg("server").query(c).expect("INFO");
+    info.lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))
+        .unwrap_or("?")
+        .trim()
+        .to_string()
 }
