@@ -17,8 +17,8 @@ const CDF_POINTS: usize = 150;
 /// Where the panels start, below the title, the caption and the legend.
 const PANELS_TOP: f64 = 96.0;
 
-/// Where a section's charts go and the line under each title: the machine, the Redis version
-/// and the command that made them.
+/// Where a section's charts go and the line under each title: the machine, the Redis version,
+/// the load average when they were drawn and the command that made them.
 pub struct Charts {
     caption: String,
     prefix: &'static str,
@@ -48,9 +48,12 @@ impl Charts {
             true => "cargo bench --bench dlock".to_string(),
             false => format!("cargo bench --bench dlock -- {}", args.join(" ")),
         };
+        // The load says how far a shared machine's figures can be trusted.
+        let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+        let load = load.split_whitespace().next().unwrap_or("?");
         Charts {
             caption: format!(
-                "{}, Redis {} · {command}",
+                "{}, Redis {}, load average {load} · {command}",
                 report::machine(),
                 report::redis_version(c)
             ),
