@@ -7,6 +7,7 @@
 use std::thread;
 use std::time::{Duration, Instant};
 
+use super::charts::{BarPanel, Charts};
 use super::common::{Connection, Server, Value, cmd};
 use super::report::{Figure, Target, median};
 use super::{Sizes, flushall};
@@ -90,6 +91,14 @@ fn poll_round(server: &Server, c: &mut Connection, key: &str, phase: Duration) -
 }
 
 pub fn expiry(server: &Server, c: &mut Connection, sizes: &Sizes, figures: &mut Vec<Figure>) {
+    let mut chart = BarPanel {
+        title: "lease end to the waiter's grant".into(),
+        y_label: "delay (ms)".into(),
+        groups: vec![],
+        values: vec![vec![], vec![]],
+        runs: vec![vec![], vec![]],
+        reference: Some((5.0, "target ≤ 5 ms".into())),
+    };
     for filler in [0, sizes.expiry_filler] {
         flushall(c);
         if filler > 0 {
@@ -134,5 +143,19 @@ pub fn expiry(server: &Server, c: &mut Connection, sizes: &Sizes, figures: &mut 
             target: Some(Target::AtMost(5.0)),
             others: vec![],
         });
+        chart.groups.push(match filler {
+            0 => "no other keys".to_string(),
+            n => format!("{n} other keys with TTLs"),
+        });
+        for (k, delays) in [dlock, poll].into_iter().enumerate() {
+            chart.values[k].push(median(delays.clone()));
+            chart.runs[k].push(delays);
+        }
     }
+    Charts::new(c).bars(
+        "expiry",
+        "Expiry hand-over: a 100 ms lease is not released, one waiter; median and each round",
+        &["dlock WAIT".into(), "SET NX retry 50 ms".into()],
+        &[chart],
+    );
 }

@@ -24,12 +24,14 @@
 //! - quorum: acquire+release cycles of the Rust and Python clients' `QuorumLock` on 3 and 5
 //!   servers against pottery's Redlock and node-redlock on the same servers.
 //!
-//! It prints a table and writes the same figures to `target/bench/latest.json`.
+//! It prints a table and writes the same figures to `target/bench/latest.json`, and the
+//! contention, expiry and throughput sections draw their charts beside it (`*.svg`).
 //! `-- --smoke` runs everything on tiny sizes in seconds (CI uses it to keep this working);
 //! `-- --only SECTION` runs one section at full size (`--only` alone lists them). Each section
 //! is announced with what it runs and how long it took last time, and reports its progress
 //! every 10 s.
 
+mod charts;
 mod clients;
 mod cluster;
 #[path = "../../tests/common/mod.rs"]
@@ -65,6 +67,9 @@ pub struct Sizes {
     /// How long each contended run lasts, and with how many contenders.
     pub contention_ms: u64,
     pub contenders: &'static [usize],
+    /// At most this many contended rounds; from `rounds` on, they stop once two consecutive
+    /// medians agree.
+    pub contention_max_rounds: usize,
     /// Unrelated keys with TTLs around the expiry hand-over, and rounds of it.
     pub expiry_filler: u64,
     pub expiry_rounds: usize,
@@ -96,6 +101,7 @@ const FULL: Sizes = Sizes {
     memory_locks: 1_000_000,
     contention_ms: 3_000,
     contenders: &[16, 64],
+    contention_max_rounds: 6,
     expiry_filler: 1_000_000,
     expiry_rounds: 5,
     held: &[1_000, 100_000, 1_000_000],
@@ -120,6 +126,7 @@ const SMOKE: Sizes = Sizes {
     memory_locks: 5_000,
     contention_ms: 200,
     contenders: &[4],
+    contention_max_rounds: 2,
     expiry_filler: 1_000,
     expiry_rounds: 1,
     held: &[100, 1_000],
@@ -298,13 +305,7 @@ fn main() {
         ("maxclients", "15000"),
     ]);
     let mut c = server.client();
-    let version: String = cmd("INFO").arg("server").query(&mut c).expect("INFO");
-    let version = version
-        .lines()
-        .find_map(|l| l.strip_prefix("redis_version:"))
-        .unwrap_or("?")
-        .trim()
-        .to_string();
+    let version = report::redis_version(&mut c);
 
     let expected = last_durations();
     let mut took = Vec::new();

@@ -2,6 +2,8 @@
 
 use std::fmt::Write as _;
 
+use super::common::{Connection, cmd};
+
 #[derive(Clone, Copy)]
 pub enum Target {
     /// dlock / baseline must be at least this.
@@ -49,9 +51,15 @@ impl Figure {
     }
 }
 
+/// The middle value, or the mean of the two middle ones (NaN for none).
 pub fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+    let half = values.len() / 2;
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[half],
+        _ => (values[half - 1] + values[half]) / 2.0,
+    }
 }
 
 pub fn print_table(figures: &[Figure]) -> String {
@@ -135,4 +143,13 @@ pub fn machine() -> String {
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     format!("{cores} cores, {cpu}")
+}
+
+pub fn redis_version(c: &mut Connection) -> String {
+    let info: String = cmd("INFO").arg("server").query(c).expect("INFO");
+    info.lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))
+        .unwrap_or("?")
+        .trim()
+        .to_string()
 }

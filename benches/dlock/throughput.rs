@@ -2,6 +2,7 @@
 
 use std::process::Command;
 
+use super::charts::{BarPanel, Charts};
 use super::common::{Connection, Server, cmd};
 use super::report::{Figure, Target, median};
 use super::{OWNER, Sizes, TTL_MS, flushall, populate};
@@ -184,6 +185,14 @@ pub fn throughput(server: &Server, c: &mut Connection, sizes: &Sizes, figures: &
             ]),
         },
     ];
+    let mut chart = BarPanel {
+        title: "pipelined x32, 50 connections".into(),
+        y_label: "ops/s".into(),
+        groups: vec![],
+        values: vec![vec![], vec![]],
+        runs: vec![],
+        reference: None,
+    };
     for (pipeline, requests, label) in [
         (1, sizes.requests_unpipelined, "unpipelined"),
         (32, sizes.requests_pipelined, "pipelined x32"),
@@ -266,6 +275,16 @@ pub fn throughput(server: &Server, c: &mut Connection, sizes: &Sizes, figures: &
             }
         }
         for (pair, [dlock, base]) in pairs.iter().zip(runs) {
+            if pipeline > 1 {
+                chart.groups.push(format!(
+                    "{}\nvs {}\n{:.2}x",
+                    pair.name,
+                    pair.baseline,
+                    rps(&dlock) / rps(&base)
+                ));
+                chart.values[0].push(rps(&dlock));
+                chart.values[1].push(rps(&base));
+            }
             let target = match (pipeline, pair.name) {
                 (1, _) | (_, "GUARD + SET") => None,
                 (_, "ACQUIRE") => Some(Target::RatioAtLeast(0.9)),
@@ -291,15 +310,25 @@ pub fn throughput(server: &Server, c: &mut Connection, sizes: &Sizes, figures: &
                 others: vec![],
             });
         }
+        let floor = median(floor);
+        if pipeline > 1 {
+            chart.reference = Some((floor, format!("GET, the floor: {floor:.0}")));
+        }
         figures.push(Figure {
             name: format!("GET (the floor), {label} (ops/s)"),
             unit: "ops/s",
-            dlock: median(floor),
+            dlock: floor,
             baseline: None,
             target: None,
             others: vec![],
         });
     }
+    Charts::new(c).bars(
+        "throughput-pipelined",
+        "Pipelined throughput per command: dlock vs its baseline, median of rounds",
+        &["dlock".into(), "baseline".into()],
+        &[chart],
+    );
 }
 
 /// Take the lock `guard` for the fenced-write pair: with DLOCK, or as the Lua recipe's string
