@@ -1,8 +1,12 @@
 //! The floor for `DLOCK.ACQUIRE` in `make bench`, never shipped: `FLOOR.ACQUIRE key owner
 //! ttl_ms` does only what the module API forces on a new key — open it, set a module value
-//! (the owner), set its expiry, reply, replicate one command (itself, verbatim) — and replies
-//! nil when the key exists. Whatever `DLOCK.ACQUIRE` costs above this is dlock's own.
-//! Registered like dlock's commands (raw arguments, no argument vector built).
+//! (the owner), set its expiry, reply, replicate one command — and replies nil when the key
+//! exists. Whatever `DLOCK.ACQUIRE` costs above this is dlock's own.
+//!
+//! The one command replicated is the effect, `FLOOR.APPLY key owner lease_end_ms`, built with
+//! `RedisModule_Replicate`: the lease end comes from the master's clock, so replicating the
+//! command verbatim (cheaper) would let each replica decide its own. Registered like dlock's
+//! commands (raw arguments, no argument vector built).
 
 use std::os::raw::{c_int, c_void};
 use std::ptr;
@@ -57,6 +61,61 @@ fn bytes<'a>(s: *mut raw::RedisModuleString) -> &'a [u8] {
     unsafe { std::slice::from_raw_parts(p.cast::<u8>(), len) }
 }
 
+/// The module API entry points the floor uses, or `None` on a server without one of them.
+struct Api {
+    open: unsafe extern "C" fn(
+        *mut raw::RedisModuleCtx,
+        *mut raw::RedisModuleString,
+        c_int,
+    ) -> *mut raw::RedisModuleKey,
+    key_type: unsafe extern "C" fn(*mut raw::RedisModuleKey) -> c_int,
+    set_value: unsafe extern "C" fn(
+        *mut raw::RedisModuleKey,
+        *mut raw::RedisModuleType,
+        *mut c_void,
+    ) -> c_int,
+    set_abs_expire: unsafe extern "C" fn(*mut raw::RedisModuleKey, i64) -> c_int,
+    close: unsafe extern "C" fn(*mut raw::RedisModuleKey),
+    to_ll: unsafe extern "C" fn(*const raw::RedisModuleString, *mut i64) -> c_int,
+    reply_ll: unsafe extern "C" fn(*mut raw::RedisModuleCtx, i64) -> c_int,
+}
+
+fn api() -> Option<Api> {
+    unsafe {
+        Some(Api {
+            open: raw::RedisModule_OpenKey?,
+            key_type: raw::RedisModule_KeyType?,
+            set_value: raw::RedisModule_ModuleTypeSetValue?,
+            set_abs_expire: raw::RedisModule_SetAbsExpire?,
+            close: raw::RedisModule_CloseKey?,
+            to_ll: raw::RedisModule_StringToLongLong?,
+            reply_ll: raw::RedisModule_ReplyWithLongLong?,
+        })
+    }
+}
+
+/// Set `key` to `owner` until `lease_end` (absolute ms); false when the key holds a value.
+fn set(
+    api: &Api,
+    ctx: *mut raw::RedisModuleCtx,
+    key: *mut raw::RedisModuleString,
+    owner: &[u8],
+    lease_end: i64,
+) -> bool {
+    let mode = (raw::REDISMODULE_READ | raw::REDISMODULE_WRITE) as c_int;
+    let key = unsafe { (api.open)(ctx, key, mode) };
+    let empty = unsafe { (api.key_type)(key) } == raw::REDISMODULE_KEYTYPE_EMPTY as c_int;
+    if empty {
+        let value = Box::into_raw(Box::new(owner.to_vec())).cast::<c_void>();
+        unsafe {
+            (api.set_value)(key, FLOOR_TYPE, value);
+            (api.set_abs_expire)(key, lease_end);
+        }
+    }
+    unsafe { (api.close)(key) };
+    empty
+}
+
 unsafe extern "C" fn acquire(
     ctx: *mut raw::RedisModuleCtx,
     argv: *mut *mut raw::RedisModuleString,
@@ -67,52 +126,60 @@ unsafe extern "C" fn acquire(
         return unsafe { raw::RedisModule_WrongArity.map_or(ok, |f| f(ctx)) };
     }
     let args = unsafe { std::slice::from_raw_parts(argv, 4) };
-    let (
-        Some(open),
-        Some(key_type),
-        Some(set_value),
-        Some(set_expire),
-        Some(close),
-        Some(to_ll),
-        Some(reply_ll),
-        Some(reply_null),
-        Some(reply_error),
-        Some(verbatim),
-    ) = (unsafe {
-        (
-            raw::RedisModule_OpenKey,
-            raw::RedisModule_KeyType,
-            raw::RedisModule_ModuleTypeSetValue,
-            raw::RedisModule_SetExpire,
-            raw::RedisModule_CloseKey,
-            raw::RedisModule_StringToLongLong,
-            raw::RedisModule_ReplyWithLongLong,
-            raw::RedisModule_ReplyWithNull,
-            raw::RedisModule_ReplyWithError,
-            raw::RedisModule_ReplicateVerbatim,
-        )
-    })
-    else {
+    let (Some(api), Some(replicate), Some(milliseconds), Some(reply_null), Some(reply_error)) = (
+        api(),
+        unsafe { raw::RedisModule_Replicate },
+        unsafe { raw::RedisModule_Milliseconds },
+        unsafe { raw::RedisModule_ReplyWithNull },
+        unsafe { raw::RedisModule_ReplyWithError },
+    ) else {
         return ok;
     };
     let mut ttl: i64 = 0;
-    if unsafe { to_ll(args[3], &mut ttl) } != ok || ttl <= 0 {
+    if unsafe { (api.to_ll)(args[3], &mut ttl) } != ok || ttl <= 0 {
         return unsafe { reply_error(ctx, c"ERR invalid ttl".as_ptr()) };
     }
-    let mode = (raw::REDISMODULE_READ | raw::REDISMODULE_WRITE) as c_int;
-    let key = unsafe { open(ctx, args[1], mode) }.cast::<raw::RedisModuleKey>();
-    if unsafe { key_type(key) } != raw::REDISMODULE_KEYTYPE_EMPTY as c_int {
-        unsafe { close(key) };
+    let lease_end = unsafe { milliseconds() }.saturating_add(ttl);
+    if !set(&api, ctx, args[1], bytes(args[2]), lease_end) {
         return unsafe { reply_null(ctx) };
     }
-    let owner: Owner = bytes(args[2]).to_vec();
-    let value = Box::into_raw(Box::new(owner)).cast::<c_void>();
+    let digits = lease_end.to_string();
     unsafe {
-        set_value(key, FLOOR_TYPE, value);
-        set_expire(key, ttl);
-        close(key);
+        replicate(
+            ctx,
+            c"FLOOR.APPLY".as_ptr(),
+            c"ssb".as_ptr(),
+            args[1],
+            args[2],
+            digits.as_ptr(),
+            digits.len(),
+        );
+        (api.reply_ll)(ctx, 1)
+    }
+}
+
+/// `FLOOR.APPLY key owner lease_end_ms`: the effect replicas and the AOF receive.
+unsafe extern "C" fn apply(
+    ctx: *mut raw::RedisModuleCtx,
+    argv: *mut *mut raw::RedisModuleString,
+    argc: c_int,
+) -> c_int {
+    let ok = raw::REDISMODULE_OK as c_int;
+    if argc != 4 {
+        return unsafe { raw::RedisModule_WrongArity.map_or(ok, |f| f(ctx)) };
+    }
+    let args = unsafe { std::slice::from_raw_parts(argv, 4) };
+    let (Some(api), Some(verbatim)) = (api(), unsafe { raw::RedisModule_ReplicateVerbatim }) else {
+        return ok;
+    };
+    let mut lease_end: i64 = 0;
+    if unsafe { (api.to_ll)(args[3], &mut lease_end) } != ok {
+        return unsafe { (api.reply_ll)(ctx, 0) };
+    }
+    let applied = set(&api, ctx, args[1], bytes(args[2]), lease_end);
+    unsafe {
         verbatim(ctx);
-        reply_ll(ctx, 1)
+        (api.reply_ll)(ctx, i64::from(applied))
     }
 }
 
@@ -152,20 +219,27 @@ fn init(ctx: &Context, _args: &[RedisString]) -> Status {
     }
     unsafe { FLOOR_TYPE = created };
     let flags = c"write deny-oom fast";
-    let name = c"FLOOR.ACQUIRE";
-    if unsafe {
-        create_command(
-            ctx.get_raw(),
-            name.as_ptr(),
-            Some(acquire),
-            flags.as_ptr(),
-            1,
-            1,
-            1,
-        )
-    } != raw::REDISMODULE_OK as c_int
-    {
-        return Status::Err;
+    for (name, command) in [
+        (
+            c"FLOOR.ACQUIRE",
+            acquire as unsafe extern "C" fn(_, _, _) -> c_int,
+        ),
+        (c"FLOOR.APPLY", apply),
+    ] {
+        let created = unsafe {
+            create_command(
+                ctx.get_raw(),
+                name.as_ptr(),
+                Some(command),
+                flags.as_ptr(),
+                1,
+                1,
+                1,
+            )
+        };
+        if created != raw::REDISMODULE_OK as c_int {
+            return Status::Err;
+        }
     }
     Status::Ok
 }
