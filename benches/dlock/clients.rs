@@ -234,17 +234,12 @@ fn python_contention(server: &Server, sizes: &Sizes, figures: &mut Vec<Figure>) 
             .collect();
         by_library.insert(library, medians(&rounds));
     }
-    let targets = [
-        Some(Target::RatioAtLeast(1.3)),
-        None,
-        None,
-        None,
-        None,
-        None,
-        None,
-        Some(Target::AtMost(3.0)),
-    ];
-    for (i, ((name, unit), target)) in row_names().into_iter().zip(targets).enumerate() {
+    for (i, (name, unit)) in row_names().into_iter().enumerate() {
+        let target = match name {
+            "lock utilization" => Some(Target::RatioAtLeast(1.3)),
+            "longest wait / mean wait" => Some(Target::AtMost(3.0)),
+            _ => None,
+        };
         let value = |library: &str| by_library.get(library).map(|m| m[i]);
         figures.push(Figure {
             name: format!(
