@@ -208,23 +208,30 @@ fn failover_with_a_lease_ending_mid_way_keeps_both_servers_up() {
     grant(&mut m, "k", "h", 100);
     let _waiter = blocked_connection(&master, "k", "w", 60_000, 0);
     wait_until("the waiter to queue", || waiters(&mut m, "k") == 1);
-    let _: () = cmd("FAILOVER")
-        .arg("TIMEOUT")
-        .arg(3_000)
-        .query(&mut m)
-        .unwrap();
+    let mut r = fail_over(&mut m, &replica);
+    wait_until_following(&mut m);
+    wait_for_replica(&mut r);
+    assert_eq!(digest(&mut m), digest(&mut r));
+}
+
+/// `FAILOVER` from `m`'s server to `replica`; a client of the new master once it took over
+/// (the old one still answers).
+fn fail_over(m: &mut Connection, replica: &Server) -> Connection {
+    let _: () = cmd("FAILOVER").arg("TIMEOUT").arg(3_000).query(m).unwrap();
     let mut r = replica.client();
     wait_until("the replica to take over", || {
         let role: Vec<Value> = cmd("ROLE").query(&mut r).unwrap();
         role.first() == Some(&Value::BulkString(b"master".to_vec()))
     });
-    assert_eq!(ping(&mut m), "PONG");
+    assert_eq!(ping(m), "PONG");
+    r
+}
+
+fn wait_until_following(m: &mut Connection) {
     wait_until("the old master to follow", || {
-        let info: String = cmd("INFO").arg("replication").query(&mut m).unwrap();
+        let info: String = cmd("INFO").arg("replication").query(m).unwrap();
         info.contains("master_link_status:up")
     });
-    wait_for_replica(&mut r);
-    assert_eq!(digest(&mut m), digest(&mut r));
 }
 
 /// The same with 40 waiters, 8 of them parked (beyond a key's first 32, granted by the module
@@ -248,17 +255,7 @@ fn failover_with_parked_waiters_answers_each_once() {
         .query(&mut m)
         .unwrap();
     assert_eq!(extended, 1);
-    let _: () = cmd("FAILOVER")
-        .arg("TIMEOUT")
-        .arg(3_000)
-        .query(&mut m)
-        .unwrap();
-    let mut r = replica.client();
-    wait_until("the replica to take over", || {
-        let role: Vec<Value> = cmd("ROLE").query(&mut r).unwrap();
-        role.first() == Some(&Value::BulkString(b"master".to_vec()))
-    });
-    assert_eq!(ping(&mut m), "PONG");
+    let mut r = fail_over(&mut m, &replica);
     let mut granted = 0;
     for (i, c) in waiting.iter_mut().enumerate() {
         match reply_within(c, Duration::from_secs(5)) {
@@ -268,10 +265,7 @@ fn failover_with_parked_waiters_answers_each_once() {
         }
     }
     assert!(granted <= 1, "{granted} waiters granted");
-    wait_until("the old master to follow", || {
-        let info: String = cmd("INFO").arg("replication").query(&mut m).unwrap();
-        info.contains("master_link_status:up")
-    });
+    wait_until_following(&mut m);
     wait_for_replica(&mut r);
     assert_eq!(digest(&mut m), digest(&mut r));
     assert_eq!(stat(&mut m, "dlock_waiters"), 0);

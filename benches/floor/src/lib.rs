@@ -116,16 +116,30 @@ fn set(
     empty
 }
 
+/// The command's four arguments, or `None` once it was told it has the wrong number.
+fn arguments<'a>(
+    ctx: *mut raw::RedisModuleCtx,
+    argv: *mut *mut raw::RedisModuleString,
+    argc: c_int,
+) -> Option<&'a [*mut raw::RedisModuleString]> {
+    if argc != 4 {
+        if let Some(wrong_arity) = unsafe { raw::RedisModule_WrongArity } {
+            unsafe { wrong_arity(ctx) };
+        }
+        return None;
+    }
+    Some(unsafe { std::slice::from_raw_parts(argv, 4) })
+}
+
 unsafe extern "C" fn acquire(
     ctx: *mut raw::RedisModuleCtx,
     argv: *mut *mut raw::RedisModuleString,
     argc: c_int,
 ) -> c_int {
     let ok = raw::REDISMODULE_OK as c_int;
-    if argc != 4 {
-        return unsafe { raw::RedisModule_WrongArity.map_or(ok, |f| f(ctx)) };
-    }
-    let args = unsafe { std::slice::from_raw_parts(argv, 4) };
+    let Some(args) = arguments(ctx, argv, argc) else {
+        return ok;
+    };
     let (Some(api), Some(replicate), Some(milliseconds), Some(reply_null), Some(reply_error)) = (
         api(),
         unsafe { raw::RedisModule_Replicate },
@@ -165,10 +179,9 @@ unsafe extern "C" fn apply(
     argc: c_int,
 ) -> c_int {
     let ok = raw::REDISMODULE_OK as c_int;
-    if argc != 4 {
-        return unsafe { raw::RedisModule_WrongArity.map_or(ok, |f| f(ctx)) };
-    }
-    let args = unsafe { std::slice::from_raw_parts(argv, 4) };
+    let Some(args) = arguments(ctx, argv, argc) else {
+        return ok;
+    };
     let (Some(api), Some(verbatim)) = (api(), unsafe { raw::RedisModule_ReplicateVerbatim }) else {
         return ok;
     };

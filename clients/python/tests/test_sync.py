@@ -16,7 +16,7 @@ from redis.retry import Retry
 from redis_dlock import (
     Lease, Lock, LockLost, ModuleNotLoaded, NotAcquired, NotHeld, ReadWriteLock, Semaphore,
 )
-from redis_dlock._core import LINGER, LeaseCore, Spec, drift, plan
+from redis_dlock._core import KEEPALIVE_NAME, LINGER, LeaseCore, Spec, drift, plan
 from redis_dlock._sync import _Scheduler
 
 from .server import Monitor, Server, calls, client_ids, connection_count, wait_until
@@ -53,6 +53,10 @@ class SyncTest(unittest.TestCase):
     def setUp(self) -> None:
         self.r = self.server.client()
         self.key = self.id().rsplit(".", 1)[-1]
+        # An earlier test's keepalive thread lingers up to two LINGERs after its last lease:
+        # count threads once it has ended.
+        wait_until("earlier keepalive threads to end", lambda: not any(
+            t.name == KEEPALIVE_NAME for t in threading.enumerate()))
         self.threads = threading.active_count()
         # Earlier tests' connections close asynchronously: start from this one alone.
         wait_until("earlier connections to close", lambda: connection_count(self.r) == 1)

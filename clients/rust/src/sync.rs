@@ -2,7 +2,7 @@
 //! drop. One keepalive thread per [`Client`] serves all its leases.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -302,6 +302,14 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Option<JoinHandle<()>
     std::thread::Builder::new().name(name.into()).spawn(f).ok()
 }
 
+/// Wait up to `LINGER` for a new lease (or the client's end).
+fn linger<'a>(ka: &'a Keepalive, registry: MutexGuard<'a, Registry>) -> MutexGuard<'a, Registry> {
+    ka.wake
+        .wait_timeout(registry, LINGER)
+        .unwrap_or_else(PoisonError::into_inner)
+        .0
+}
+
 /// The deadline thread: sleeps until the next lease's lost signal is due, marks it lost, and
 /// returns when no lease is left (after `LINGER`). It does no I/O, so a frozen server cannot
 /// delay it.
@@ -315,11 +323,7 @@ fn deadline_loop(ka: &Keepalive) {
                 return;
             }
             lingered = true;
-            registry = ka
-                .wake
-                .wait_timeout(registry, LINGER)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+            registry = linger(ka, registry);
             continue;
         }
         lingered = false;
@@ -353,11 +357,7 @@ fn keepalive_loop(ka: &Keepalive, redis: &Backend) {
                 match registry.plan(Instant::now(), IoBound::UntilLost) {
                     Work::Exit if !lingered && !ka.closing.load(Ordering::Relaxed) => {
                         lingered = true;
-                        registry = ka
-                            .wake
-                            .wait_timeout(registry, LINGER)
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .0;
+                        registry = linger(ka, registry);
                     }
                     Work::Idle(wake) => {
                         lingered = false;
