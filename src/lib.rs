@@ -220,6 +220,10 @@ fn init(ctx: &Context, args: &[RedisString]) -> Status {
     if let Some(register_info) = unsafe { raw::RedisModule_RegisterInfoFunc } {
         unsafe { register_info(ctx.get_raw(), Some(metrics::info)) };
     }
+    if let Err(reason) = replicate::init() {
+        ctx.log_warning(&format!("dlock: cannot load: {reason}"));
+        return Status::Err;
+    }
     if let Err(reason) = register_commands(ctx) {
         ctx.log_warning(&format!("dlock: cannot load: {reason}"));
         return Status::Err;

@@ -9,6 +9,8 @@
 
 use std::ffi::CStr;
 use std::os::raw::c_char;
+use std::ptr;
+use std::sync::atomic::{AtomicPtr, Ordering};
 
 use redis_module::{Context, raw};
 
@@ -25,34 +27,112 @@ pub const HOLDS_WORD: &[u8] = b"HOLDS";
 /// of a huge key needs a huge argument vector to write or to replay.
 pub const HOLDS_PER_COMMAND: usize = 64;
 
-/// The mode word after the numbers, if any.
-pub fn mode_word(mode: Mode) -> &'static CStr {
-    match mode {
-        Mode::Exclusive => c"",
-        Mode::Shared => c"SHARED",
-        Mode::Semaphore { .. } => c"SEMAPHORE",
+/// The strings every replicated command may carry whatever its values: a count of 1 (almost
+/// every hold's) and the mode words. Made once at load and passed by reference (`s`), Redis
+/// shares them (a reference count) where a buffer (`b`) would cost an object per command.
+struct Shared {
+    one: AtomicPtr<raw::RedisModuleString>,
+    shared: AtomicPtr<raw::RedisModuleString>,
+    semaphore: AtomicPtr<raw::RedisModuleString>,
+}
+
+static SHARED: Shared = Shared {
+    one: AtomicPtr::new(ptr::null_mut()),
+    shared: AtomicPtr::new(ptr::null_mut()),
+    semaphore: AtomicPtr::new(ptr::null_mut()),
+};
+
+/// Make the shared strings (at load). They live as long as the server: nothing frees them.
+pub fn init() -> Result<(), &'static str> {
+    let create = unsafe { raw::RedisModule_CreateString }.ok_or("no RedisModule_CreateString")?;
+    for (slot, text) in [
+        (&SHARED.one, &b"1"[..]),
+        (&SHARED.shared, b"SHARED"),
+        (&SHARED.semaphore, b"SEMAPHORE"),
+    ] {
+        let string = unsafe { create(ptr::null_mut(), text.as_ptr().cast::<c_char>(), text.len()) };
+        if string.is_null() {
+            return Err("cannot create the replication strings");
+        }
+        slot.store(string, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// A string argument passed by reference: a shared one, or one made for this command alone
+/// and freed with it.
+struct StringArg {
+    string: *mut raw::RedisModuleString,
+    owned: bool,
+}
+
+impl StringArg {
+    fn shared(slot: &AtomicPtr<raw::RedisModuleString>, text: &[u8]) -> StringArg {
+        let string = slot.load(Ordering::Relaxed);
+        if !string.is_null() {
+            return StringArg {
+                string,
+                owned: false,
+            };
+        }
+        StringArg::made(text)
+    }
+
+    fn made(text: &[u8]) -> StringArg {
+        let string = match unsafe { raw::RedisModule_CreateString } {
+            Some(create) => unsafe {
+                create(ptr::null_mut(), text.as_ptr().cast::<c_char>(), text.len())
+            },
+            None => ptr::null_mut(),
+        };
+        StringArg {
+            string,
+            owned: true,
+        }
+    }
+
+    fn count(count: u32) -> StringArg {
+        if count == 1 {
+            StringArg::shared(&SHARED.one, b"1")
+        } else {
+            StringArg::made(Decimal::new().format(i64::from(count)))
+        }
+    }
+
+    /// The mode word after the numbers, if any (none: exclusive).
+    fn mode(mode: Mode) -> StringArg {
+        match mode {
+            Mode::Exclusive => StringArg {
+                string: ptr::null_mut(),
+                owned: false,
+            },
+            Mode::Shared => StringArg::shared(&SHARED.shared, b"SHARED"),
+            Mode::Semaphore { .. } => StringArg::shared(&SHARED.semaphore, b"SEMAPHORE"),
+        }
     }
 }
 
-/// A semaphore's limit, 0 for a lock.
-pub fn limit(mode: Mode) -> u32 {
-    match mode {
-        Mode::Semaphore { limit } => limit,
-        _ => 0,
+impl Drop for StringArg {
+    fn drop(&mut self) {
+        if let (true, false, Some(free)) = (self.owned, self.string.is_null(), unsafe {
+            raw::RedisModule_FreeString
+        }) {
+            unsafe { free(ptr::null_mut(), self.string) };
+        }
     }
 }
 
 /// What masters send: the key and owner as the client's own argument strings (shared, not
-/// copied) or the owner as bytes, then the numbers (and the mode) as buffers, which Redis
-/// turns into one small object each where `l` would build an sds and an object.
+/// copied) or the owner as bytes, the token and lease end as buffers (one small object
+/// each, where `l` would build an sds and an object), the count and mode word shared.
 fn replicated_format(owner: OwnerRef, mode: Mode) -> &'static CStr {
     match (owner, mode) {
-        (OwnerRef::Arg(_), Mode::Exclusive) => c"ssbbb",
-        (OwnerRef::Arg(_), Mode::Shared) => c"ssbbbb",
-        (OwnerRef::Arg(_), Mode::Semaphore { .. }) => c"ssbbbbb",
-        (OwnerRef::Bytes(_), Mode::Exclusive) => c"sbbbb",
-        (OwnerRef::Bytes(_), Mode::Shared) => c"sbbbbb",
-        (OwnerRef::Bytes(_), Mode::Semaphore { .. }) => c"sbbbbbb",
+        (OwnerRef::Arg(_), Mode::Exclusive) => c"ssbsb",
+        (OwnerRef::Arg(_), Mode::Shared) => c"ssbsbs",
+        (OwnerRef::Arg(_), Mode::Semaphore { .. }) => c"ssbsbsb",
+        (OwnerRef::Bytes(_), Mode::Exclusive) => c"sbbsb",
+        (OwnerRef::Bytes(_), Mode::Shared) => c"sbbsbs",
+        (OwnerRef::Bytes(_), Mode::Semaphore { .. }) => c"sbbsbsb",
     }
 }
 
@@ -63,29 +143,30 @@ pub enum OwnerRef<'a> {
     Bytes(&'a [u8]),
 }
 
-/// Send `owner`'s new hold state on `key` to replicas and the AOF.
+/// Send `owner`'s new hold state on `key` to replicas and the AOF. The format passes only
+/// the arguments the mode has; the rest of the call's arguments are never read.
 pub fn replicate(ctx: &Context, key: &Arg, owner: OwnerRef, state: HoldState) {
     let Some(replicate) = (unsafe { raw::RedisModule_Replicate }) else {
         return;
     };
     let (ctx, command, key) = (ctx.get_raw(), COMMAND.as_ptr(), key.raw());
     let format = replicated_format(owner, state.mode).as_ptr();
-    let (mut token, mut count, mut lease_end) = (Decimal::new(), Decimal::new(), Decimal::new());
-    let mut limit_digits = Decimal::new();
+    let (mut token, mut lease_end, mut limit) = (Decimal::new(), Decimal::new(), Decimal::new());
     let token = token.format(state.token);
-    let count = count.format(i64::from(state.count));
     let lease_end = lease_end.format(state.lease_end);
-    let limit_digits = limit_digits.format(i64::from(limit(state.mode)));
-    let word = mode_word(state.mode).to_bytes();
-    let buffers = [token, count, lease_end, word, limit_digits]
-        .map(|n| (n.as_ptr().cast::<c_char>(), n.len()));
+    let limit = match state.mode {
+        Mode::Semaphore { limit: value } => limit.format(i64::from(value)),
+        _ => &[],
+    };
+    let (count, word) = (StringArg::count(state.count), StringArg::mode(state.mode));
+    if count.string.is_null() {
+        return;
+    }
     let [
         (token, token_len),
-        (count, count_len),
         (lease_end, lease_end_len),
-        (word, word_len),
         (limit, limit_len),
-    ] = buffers;
+    ] = [token, lease_end, limit].map(|n| (n.as_ptr().cast::<c_char>(), n.len()));
     unsafe {
         match owner {
             OwnerRef::Arg(owner) => replicate(
@@ -96,12 +177,10 @@ pub fn replicate(ctx: &Context, key: &Arg, owner: OwnerRef, state: HoldState) {
                 owner.raw(),
                 token,
                 token_len,
-                count,
-                count_len,
+                count.string,
                 lease_end,
                 lease_end_len,
-                word,
-                word_len,
+                word.string,
                 limit,
                 limit_len,
             ),
@@ -114,18 +193,29 @@ pub fn replicate(ctx: &Context, key: &Arg, owner: OwnerRef, state: HoldState) {
                 owner.len(),
                 token,
                 token_len,
-                count,
-                count_len,
+                count.string,
                 lease_end,
                 lease_end_len,
-                word,
-                word_len,
+                word.string,
                 limit,
                 limit_len,
             ),
         }
     };
 }
+
+/// Every two-digit group, for formatting two digits a step. Computed while compiling, where
+/// a bad index fails the build instead of the server.
+#[allow(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
+const PAIRS: [[u8; 2]; 100] = {
+    let mut pairs = [[0u8; 2]; 100];
+    let mut i = 0;
+    while i < 100 {
+        pairs[i] = [b'0' + (i / 10) as u8, b'0' + (i % 10) as u8];
+        i += 1;
+    }
+    pairs
+};
 
 /// A stack buffer holding an i64 in decimal.
 struct Decimal([u8; 20]);
@@ -136,23 +226,22 @@ impl Decimal {
     }
 
     fn format(&mut self, value: i64) -> &[u8] {
-        let negative = value < 0;
         let mut magnitude = value.unsigned_abs();
+        // Digits fill the buffer from its end, two at a time; `start` is the first one.
         let mut start = self.0.len();
-        loop {
-            start = start.saturating_sub(1);
-            if let (Some(digit), Some(value)) = (
-                self.0.get_mut(start),
-                b"0123456789".get((magnitude % 10) as usize),
-            ) {
-                *digit = *value;
+        for slot in self.0.rchunks_exact_mut(2) {
+            let two = (magnitude % 100) as usize;
+            magnitude /= 100;
+            if let (Ok(slot), Some(digits)) = (<&mut [u8; 2]>::try_from(slot), PAIRS.get(two)) {
+                *slot = *digits;
             }
-            magnitude /= 10;
+            let written = if magnitude == 0 && two < 10 { 1 } else { 2 };
+            start = start.saturating_sub(written);
             if magnitude == 0 {
                 break;
             }
         }
-        if negative {
+        if value < 0 {
             start = start.saturating_sub(1);
             if let Some(sign) = self.0.get_mut(start) {
                 *sign = b'-';
@@ -179,6 +268,14 @@ mod tests {
             i64::MAX,
             i64::MIN,
             245_554_323_034_112,
+            99,
+            100,
+            -99,
+            -100,
+            1_000_000,
+            9_999_999_999,
+            i64::MAX - 1,
+            i64::MIN + 1,
         ] {
             assert_eq!(Decimal::new().format(value), value.to_string().as_bytes());
         }
