@@ -34,18 +34,20 @@ pub fn holders(server: &Server, c: &mut Connection, sizes: &Sizes, figures: &mut
         per_op(c, sizes, kind, &mode, figures);
     }
     let smallest = sizes.readers.first().copied().unwrap_or(0);
-    // Rounds alternate the sizes, so a machine that gets busier affects each alike; each
-    // figure is the median of its rounds.
-    let mut rounds: Vec<Vec<Handover>> = sizes.readers.iter().map(|_| vec![]).collect();
+    // Rounds alternate the sizes and the two hand-overs, so a machine that gets busier affects
+    // each alike; each figure is the median of its rounds.
+    let mut rounds: Vec<[Vec<Handover>; 2]> =
+        sizes.readers.iter().map(|_| [vec![], vec![]]).collect();
     for _ in 0..sizes.rounds {
-        for (&readers, runs) in sizes.readers.iter().zip(rounds.iter_mut()) {
-            runs.push(handover(server, c, readers));
+        for (&readers, [dlock, native]) in sizes.readers.iter().zip(rounds.iter_mut()) {
+            dlock.push(handover(server, c, readers, Handing::Release));
+            native.push(handover(server, c, readers, Handing::Push));
         }
     }
     let mut base = None;
-    for (&readers, runs) in sizes.readers.iter().zip(&rounds) {
-        let h = Handover::median(runs);
-        let base = *base.get_or_insert(h.cpu_ms);
+    for (&readers, [dlock, native]) in sizes.readers.iter().zip(&rounds) {
+        let (h, n) = (Handover::median(dlock), Handover::median(native));
+        let (base, native_base) = *base.get_or_insert((h.cpu_ms, n.cpu_ms));
         figures.push(Figure {
             name: format!(
                 "RELEASE of a writer handing over to {readers} queued readers, server CPU ms \
@@ -60,7 +62,22 @@ pub fn holders(server: &Server, c: &mut Connection, sizes: &Sizes, figures: &mut
                 ("of which in the kernel ms".into(), h.sys_ms),
                 ("RELEASE alone us".into(), h.release_us),
                 ("wall ms to the last reply".into(), h.wall_ms),
+                (
+                    format!("Redis's own hand-over to {readers} vs {smallest} clients"),
+                    n.cpu_ms / native_base,
+                ),
             ],
+        });
+        figures.push(Figure {
+            name: format!(
+                "the same hand-over to {readers} readers vs Redis's own: one RPUSH of \
+                 {readers} elements to {readers} clients blocked in BLPOP, server CPU ms"
+            ),
+            unit: "ms",
+            dlock: h.cpu_ms,
+            baseline: Some(n.cpu_ms),
+            target: None,
+            others: vec![("of which in the kernel ms".into(), n.sys_ms)],
         });
         figures.push(Figure {
             name: format!("worst PING (ms) while a RELEASE hands over to {readers} queued readers"),
@@ -303,55 +320,87 @@ impl Handover {
     }
 }
 
-/// A writer holds a key and `readers` connections wait for it in SHARED mode; its RELEASE
-/// lets them all in at once. The reader connections are open throughout (`maxclients` and
-/// the file limit of both processes must allow them: main.rs sets 15000 clients).
-fn handover(server: &Server, c: &mut Connection, readers: usize) -> Handover {
+/// What ends a hand-over.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Handing {
+    /// A writer holds a key, `readers` connections wait for it in SHARED mode, and its
+    /// RELEASE lets them all in at once.
+    Release,
+    /// Redis's own hand-over, for comparison: `readers` clients blocked in `BLPOP` on one
+    /// list, and one `RPUSH` of as many elements.
+    Push,
+}
+
+/// One hand-over to `readers` waiting connections, open throughout (`maxclients` and the
+/// file limit of both processes must allow them: main.rs sets 15000 clients).
+fn handover(server: &Server, c: &mut Connection, readers: usize, handing: Handing) -> Handover {
     const KEY: &str = "readers";
     flushall(c);
-    let _: i64 = cmd("DLOCK.ACQUIRE")
-        .arg(KEY)
-        .arg("writer")
-        .arg(TTL_MS)
-        .query(c)
-        .expect("the writer");
+    if handing == Handing::Release {
+        let _: i64 = cmd("DLOCK.ACQUIRE")
+            .arg(KEY)
+            .arg("writer")
+            .arg(TTL_MS)
+            .query(c)
+            .expect("the writer");
+    }
+    let waiting = |c: &mut Connection| match handing {
+        Handing::Release => info_int(c, KEY, "waiters"),
+        Handing::Push => info_field(c, "clients", "blocked_clients"),
+    };
     let mut conns: Vec<Connection> = Vec::with_capacity(readers);
     for i in 0..readers {
         let mut r = server.client();
-        let wait = cmd("DLOCK.ACQUIRE")
-            .arg(KEY)
-            .arg(format!("r{i}"))
-            .arg(TTL_MS)
-            .arg("SHARED")
-            .arg("WAIT")
-            .arg(0)
-            .get_packed_command();
+        let wait = match handing {
+            Handing::Release => cmd("DLOCK.ACQUIRE")
+                .arg(KEY)
+                .arg(format!("r{i}"))
+                .arg(TTL_MS)
+                .arg("SHARED")
+                .arg("WAIT")
+                .arg(0)
+                .get_packed_command(),
+            Handing::Push => cmd("BLPOP").arg(KEY).arg(0).get_packed_command(),
+        };
         r.send_packed_command(&wait).expect("queue a reader");
         conns.push(r);
         if i % BATCH == BATCH - 1 {
-            wait_until("readers to queue", || {
-                info_int(c, KEY, "waiters") == i as i64 + 1
-            });
+            wait_until("readers to queue", || waiting(c) == i as i64 + 1);
         }
     }
-    wait_until("every reader to queue", || {
-        info_int(c, KEY, "waiters") == readers as i64
-    });
+    wait_until("every reader to queue", || waiting(c) == readers as i64);
     // The probe's PINGs add a few microseconds each to the CPU time, well under 1%.
     let probe = Probe::start(server);
     thread::sleep(Duration::from_millis(20));
     let _: () = cmd("CONFIG").arg("RESETSTAT").query(c).expect("RESETSTAT");
     let (user_before, sys_before) = server_cpu(c);
     let start = Instant::now();
-    let released: i64 = cmd("DLOCK.RELEASE")
-        .arg(KEY)
-        .arg("writer")
-        .query(c)
-        .expect("release");
-    assert_eq!(released, 1);
+    let (command, answered) = match handing {
+        Handing::Release => {
+            let released: i64 = cmd("DLOCK.RELEASE")
+                .arg(KEY)
+                .arg("writer")
+                .query(c)
+                .expect("release");
+            ("dlock.release", released == 1)
+        }
+        Handing::Push => {
+            let pushed: i64 = cmd("RPUSH")
+                .arg(KEY)
+                .arg((0..readers).collect::<Vec<_>>())
+                .query(c)
+                .expect("push");
+            ("rpush", pushed == readers as i64)
+        }
+    };
+    assert!(answered, "{command} did not hand over");
     for r in &mut conns {
         let reply = r.recv_response().expect("a reader's reply");
-        assert!(matches!(reply, Value::Int(_)), "a reader got {reply:?}");
+        let granted = match handing {
+            Handing::Release => matches!(reply, Value::Int(_)),
+            Handing::Push => matches!(&reply, Value::Array(pair) if pair.len() == 2),
+        };
+        assert!(granted, "a reader got {reply:?}");
     }
     let wall_ms = start.elapsed().as_secs_f64() * 1e3;
     let (user_after, sys_after) = server_cpu(c);
@@ -359,10 +408,11 @@ fn handover(server: &Server, c: &mut Connection, readers: usize) -> Handover {
     let cpu_ms = (user_after - user_before) * 1e3 + sys_ms;
     thread::sleep(Duration::from_millis(20));
     let worst_ping_ms = probe.finish();
-    let release_us = commandstats(c)
-        .get("dlock.release")
-        .map_or(0, |&(_, usec)| usec) as f64;
-    assert_eq!(info_int(c, KEY, "holders_count"), readers as i64);
+    let release_us = commandstats(c).get(command).map_or(0, |&(_, usec)| usec) as f64;
+    match handing {
+        Handing::Release => assert_eq!(info_int(c, KEY, "holders_count"), readers as i64),
+        Handing::Push => assert_eq!(info_field(c, "clients", "blocked_clients"), 0),
+    }
     drop(conns);
     flushall(c);
     Handover {
