@@ -59,7 +59,7 @@ pub fn holders(server: &Server, c: &mut Connection, sizes: &Sizes, figures: &mut
             // Linear: 10x the readers may cost 10x.
             target: Some(Target::RatioAtMost(readers as f64 / smallest.max(1) as f64)),
             others: vec![
-                ("of which in the kernel ms".into(), h.sys_ms),
+                ("of which in the kernel (about) ms".into(), h.sys_ms),
                 ("RELEASE alone us".into(), h.release_us),
                 ("wall ms to the last reply".into(), h.wall_ms),
                 (
@@ -77,7 +77,7 @@ pub fn holders(server: &Server, c: &mut Connection, sizes: &Sizes, figures: &mut
             dlock: h.cpu_ms,
             baseline: Some(n.cpu_ms),
             target: None,
-            others: vec![("of which in the kernel ms".into(), n.sys_ms)],
+            others: vec![("of which in the kernel (about) ms".into(), n.sys_ms)],
         });
         figures.push(Figure {
             name: format!("worst PING (ms) while a RELEASE hands over to {readers} queued readers"),
@@ -296,11 +296,12 @@ fn reply_bytes(c: &mut Connection, command: &redis::Cmd) -> f64 {
 }
 
 struct Handover {
-    /// The server's CPU time from before the RELEASE until every reader has its grant: the
-    /// release, the grants (Redis 7.0 does not count a module's unblocked clients in
-    /// `commandstats`) and writing their replies.
+    /// The server main thread's CPU time from before the RELEASE until every reader has its
+    /// grant: the release, the grants (Redis 7.0 does not count a module's unblocked clients
+    /// in `commandstats`) and writing their replies.
     cpu_ms: f64,
-    /// The part of it in the kernel (sending the replies over loopback TCP).
+    /// About how much of it was in the kernel (sending the replies over loopback TCP): the
+    /// kernel's share of INFO's CPU times, which are sampled at the tick.
     sys_ms: f64,
     release_us: f64,
     wall_ms: f64,
@@ -374,6 +375,7 @@ fn handover(server: &Server, c: &mut Connection, readers: usize, handing: Handin
     thread::sleep(Duration::from_millis(20));
     let _: () = cmd("CONFIG").arg("RESETSTAT").query(c).expect("RESETSTAT");
     let (user_before, sys_before) = server_cpu(c);
+    let cpu_before = server_thread_cpu_ms(server);
     let start = Instant::now();
     let (command, answered) = match handing {
         Handing::Release => {
@@ -403,11 +405,11 @@ fn handover(server: &Server, c: &mut Connection, readers: usize, handing: Handin
         assert!(granted, "a reader got {reply:?}");
     }
     let wall_ms = start.elapsed().as_secs_f64() * 1e3;
-    let (user_after, sys_after) = server_cpu(c);
-    let sys_ms = (sys_after - sys_before) * 1e3;
-    let cpu_ms = (user_after - user_before) * 1e3 + sys_ms;
-    thread::sleep(Duration::from_millis(20));
     let worst_ping_ms = probe.finish();
+    let cpu_ms = server_thread_cpu_ms(server) - cpu_before;
+    let (user_after, sys_after) = server_cpu(c);
+    let (user, sys) = (user_after - user_before, sys_after - sys_before);
+    let sys_ms = cpu_ms * sys / (user + sys).max(f64::EPSILON);
     let release_us = commandstats(c).get(command).map_or(0, |&(_, usec)| usec) as f64;
     match handing {
         Handing::Release => assert_eq!(info_int(c, KEY, "holders_count"), readers as i64),
@@ -600,7 +602,18 @@ fn info_int(c: &mut Connection, key: &str, name: &str) -> i64 {
         .unwrap_or_else(|| panic!("DLOCK.INFO {key} has no {name}"))
 }
 
-/// Server CPU seconds so far (user + system).
+/// The server's main thread's time on a CPU so far, in ms, from the scheduler's nanosecond
+/// count (`/proc/PID/task/PID/schedstat`): `getrusage`, which INFO reports, samples at the
+/// kernel's tick, too coarse for a hand-over that takes 20 ms.
+fn server_thread_cpu_ms(server: &Server) -> f64 {
+    let pid = server.pid();
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/schedstat"))
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |ns| ns / 1e6)
+}
+
+/// Server CPU seconds so far (user + system), as INFO reports them (sampled at the tick).
 fn server_cpu(c: &mut Connection) -> (f64, f64) {
     let text: String = cmd("INFO").arg("cpu").query(c).expect("INFO cpu");
     let field = |name: &str| {
