@@ -27,34 +27,51 @@ pub const HOLDS_WORD: &[u8] = b"HOLDS";
 /// of a huge key needs a huge argument vector to write or to replay.
 pub const HOLDS_PER_COMMAND: usize = 64;
 
-/// The strings every replicated command may carry whatever its values: a count of 1 (almost
-/// every hold's) and the mode words. Made once at load and passed by reference (`s`), Redis
-/// shares them (a reference count) where a buffer (`b`) would cost an object per command.
-struct Shared {
-    one: AtomicPtr<raw::RedisModuleString>,
-    shared: AtomicPtr<raw::RedisModuleString>,
-    semaphore: AtomicPtr<raw::RedisModuleString>,
+/// The mode word of shared holds, after the numbers (exclusive holds have none).
+pub const SHARED_WORD: &[u8] = b"SHARED";
+
+/// The mode word of semaphore holds, followed by the limit.
+pub const SEMAPHORE_WORD: &[u8] = b"SEMAPHORE";
+
+/// A string every replicated command may carry whatever its values: a count of 1 (almost
+/// every hold's) or a mode word. Made once at load and passed by reference (`s`), Redis
+/// shares it (a reference count) where a buffer (`b`) would cost an object per command.
+struct SharedString {
+    text: &'static [u8],
+    string: AtomicPtr<raw::RedisModuleString>,
 }
 
-static SHARED: Shared = Shared {
-    one: AtomicPtr::new(ptr::null_mut()),
-    shared: AtomicPtr::new(ptr::null_mut()),
-    semaphore: AtomicPtr::new(ptr::null_mut()),
-};
+impl SharedString {
+    const fn new(text: &'static [u8]) -> SharedString {
+        SharedString {
+            text,
+            string: AtomicPtr::new(ptr::null_mut()),
+        }
+    }
+}
+
+static ONE: SharedString = SharedString::new(b"1");
+static SHARED: SharedString = SharedString::new(SHARED_WORD);
+static SEMAPHORE: SharedString = SharedString::new(SEMAPHORE_WORD);
+
+/// A new string with no context (so never freed automatically), or null.
+fn create_string(text: &[u8]) -> *mut raw::RedisModuleString {
+    match unsafe { raw::RedisModule_CreateString } {
+        Some(create) => unsafe {
+            create(ptr::null_mut(), text.as_ptr().cast::<c_char>(), text.len())
+        },
+        None => ptr::null_mut(),
+    }
+}
 
 /// Make the shared strings (at load). They live as long as the server: nothing frees them.
 pub fn init() -> Result<(), &'static str> {
-    let create = unsafe { raw::RedisModule_CreateString }.ok_or("no RedisModule_CreateString")?;
-    for (slot, text) in [
-        (&SHARED.one, &b"1"[..]),
-        (&SHARED.shared, b"SHARED"),
-        (&SHARED.semaphore, b"SEMAPHORE"),
-    ] {
-        let string = unsafe { create(ptr::null_mut(), text.as_ptr().cast::<c_char>(), text.len()) };
+    for shared in [&ONE, &SHARED, &SEMAPHORE] {
+        let string = create_string(shared.text);
         if string.is_null() {
             return Err("cannot create the replication strings");
         }
-        slot.store(string, Ordering::Relaxed);
+        shared.string.store(string, Ordering::Relaxed);
     }
     Ok(())
 }
@@ -67,33 +84,28 @@ struct StringArg {
 }
 
 impl StringArg {
-    fn shared(slot: &AtomicPtr<raw::RedisModuleString>, text: &[u8]) -> StringArg {
-        let string = slot.load(Ordering::Relaxed);
-        if !string.is_null() {
-            return StringArg {
-                string,
-                owned: false,
-            };
+    /// `shared`'s string (made for this command should the load not have made it).
+    fn shared(shared: &SharedString) -> StringArg {
+        let string = shared.string.load(Ordering::Relaxed);
+        if string.is_null() {
+            return StringArg::made(shared.text);
         }
-        StringArg::made(text)
+        StringArg {
+            string,
+            owned: false,
+        }
     }
 
     fn made(text: &[u8]) -> StringArg {
-        let string = match unsafe { raw::RedisModule_CreateString } {
-            Some(create) => unsafe {
-                create(ptr::null_mut(), text.as_ptr().cast::<c_char>(), text.len())
-            },
-            None => ptr::null_mut(),
-        };
         StringArg {
-            string,
+            string: create_string(text),
             owned: true,
         }
     }
 
     fn count(count: u32) -> StringArg {
         if count == 1 {
-            StringArg::shared(&SHARED.one, b"1")
+            StringArg::shared(&ONE)
         } else {
             StringArg::made(Decimal::new().format(i64::from(count)))
         }
@@ -106,8 +118,8 @@ impl StringArg {
                 string: ptr::null_mut(),
                 owned: false,
             },
-            Mode::Shared => StringArg::shared(&SHARED.shared, b"SHARED"),
-            Mode::Semaphore { .. } => StringArg::shared(&SHARED.semaphore, b"SEMAPHORE"),
+            Mode::Shared => StringArg::shared(&SHARED),
+            Mode::Semaphore { .. } => StringArg::shared(&SEMAPHORE),
         }
     }
 }

@@ -17,6 +17,7 @@ use redis_module::{Context, RedisError, RedisResult, RedisValue, raw};
 use super::Arg;
 use crate::errors::{ERR_APPLY_ARGS, ERR_APPLY_INTERNAL, ERR_WRONGTYPE};
 use crate::lock::{HoldState, MAX_LIMIT, Mode};
+use crate::replicate::{SEMAPHORE_WORD, SHARED_WORD};
 use crate::server;
 use crate::store::{self, Site};
 
@@ -46,8 +47,8 @@ impl<'a> ApplyArgs<'a> {
         };
         let mode = match mode {
             [] => Some(Mode::Exclusive),
-            [word] if word.as_bytes().eq_ignore_ascii_case(b"SHARED") => Some(Mode::Shared),
-            [word, limit] if word.as_bytes().eq_ignore_ascii_case(b"SEMAPHORE") => limit
+            [word] if word.as_bytes().eq_ignore_ascii_case(SHARED_WORD) => Some(Mode::Shared),
+            [word, limit] if word.as_bytes().eq_ignore_ascii_case(SEMAPHORE_WORD) => limit
                 .parse_i64()
                 .and_then(|l| u32::try_from(l).ok())
                 .filter(|l| (1..=MAX_LIMIT).contains(l))
