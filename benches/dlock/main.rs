@@ -179,6 +179,16 @@ pub fn for_each_key(c: &mut Connection, body: &str, prefix: &str, width: usize, 
     }
 }
 
+/// A server with the module, configured for the benchmark (no AOF, long scripts, and room
+/// for the hand-over's 10k waiting connections).
+pub fn bench_server() -> Server {
+    Server::with_config(&[
+        ("appendonly", "no"),
+        ("lua-time-limit", "60000"),
+        ("maxclients", "15000"),
+    ])
+}
+
 pub fn flushall(c: &mut Connection) {
     let _: () = cmd("FLUSHALL").arg("SYNC").query(c).expect("FLUSHALL");
 }
@@ -299,11 +309,7 @@ fn main() {
         std::process::exit(2);
     }
     let sizes = if smoke { &SMOKE } else { &FULL };
-    let server = Server::with_config(&[
-        ("appendonly", "no"),
-        ("lua-time-limit", "60000"),
-        ("maxclients", "15000"),
-    ]);
+    let server = bench_server();
     let mut c = server.client();
     let version = report::redis_version(&mut c);
 

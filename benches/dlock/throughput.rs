@@ -5,7 +5,7 @@ use std::process::Command;
 use super::charts::{BarPanel, Charts};
 use super::common::{Connection, Server, cmd};
 use super::report::{Figure, Target, median};
-use super::{OWNER, Sizes, TTL_MS, flushall, populate};
+use super::{OWNER, Sizes, TTL_MS, bench_server, flushall, populate};
 
 const RELEASE_SCRIPT: &str =
     "if redis.call('get',KEYS[1])==ARGV[1] then return redis.call('del',KEYS[1]) else return 0 end";
@@ -134,7 +134,7 @@ fn load_scripts(c: &mut Connection) -> [String; 3] {
 /// A server for one round, configured as the bench's own, with the scripts (their SHAs do not
 /// change) and, when `floor`, the floor module loaded.
 fn round_server(floor: bool) -> (Server, Connection) {
-    let server = Server::with_config(&[("appendonly", "no"), ("lua-time-limit", "60000")]);
+    let server = bench_server();
     let mut c = server.client();
     load_scripts(&mut c);
     if floor {
