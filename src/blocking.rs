@@ -95,7 +95,8 @@ struct Waiter {
 impl Waiter {
     fn request(&self) -> Request<'_> {
         Request {
-            owner: OwnerRef::Bytes(&self.owner),
+            owner: &self.owner,
+            owner_string: OwnerRef::Bytes(&self.owner),
             mode: self.mode,
             amount: self.amount,
             ttl: self.ttl,
@@ -127,6 +128,13 @@ thread_local! {
 /// Run `f` on the registry (see `local::with`).
 fn with_registry<T: Default>(f: impl FnOnce(&mut Registry) -> T) -> T {
     local::with(&REGISTRY, f)
+}
+
+/// Whether clients wait for `key` in database `db`. Every client a queue counts as waiting
+/// is one `WAITERS` counts, until `settle` takes it out of both: with none blocked, no queue
+/// need be looked at.
+pub fn is_queued(db: c_int, key: &Arg) -> bool {
+    metrics::WAITERS.get() > 0 && waiting(db, key.as_bytes()) > 0
 }
 
 /// How many clients wait for `key` in database `db`.

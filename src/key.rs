@@ -78,23 +78,40 @@ impl LockKey {
         Ok(unsafe { value.as_mut() })
     }
 
+    /// Whether the key holds nothing (nor anything of another type).
+    pub fn is_empty(&self) -> bool {
+        match unsafe { raw::RedisModule_KeyType } {
+            Some(key_type) if !self.key.is_null() => {
+                (unsafe { key_type(self.key) }) == raw::REDISMODULE_KEYTYPE_EMPTY as c_int
+            }
+            _ => self.key.is_null(),
+        }
+    }
+
     /// The lock stored at this key, or a new empty lock stored in the empty key.
     pub fn lock_or_insert(&mut self) -> Result<&mut Lock, RedisError> {
         if self.lock()?.is_none() {
-            let value = Box::into_raw(Box::new(Lock::new()));
-            let stored = match unsafe { raw::RedisModule_ModuleTypeSetValue } {
-                Some(set) if !self.key.is_null() => unsafe {
-                    set(self.key, datatype::lock_type(), value.cast())
-                },
-                _ => raw::REDISMODULE_ERR as c_int,
-            };
-            if stored == raw::REDISMODULE_OK as c_int {
-                metrics::LOCKS.incr();
-            } else {
-                drop(unsafe { Box::from_raw(value) });
-            }
+            return self.insert(Lock::new());
         }
         self.lock()?.ok_or(RedisError::Str(ERR_KEY_UNWRITABLE))
+    }
+
+    /// Store `lock` in this key, which must be empty.
+    pub fn insert(&mut self, lock: Lock) -> Result<&mut Lock, RedisError> {
+        let value = Box::into_raw(Box::new(lock));
+        let stored = match unsafe { raw::RedisModule_ModuleTypeSetValue } {
+            Some(set) if !self.key.is_null() => unsafe {
+                set(self.key, datatype::lock_type(), value.cast())
+            },
+            _ => raw::REDISMODULE_ERR as c_int,
+        };
+        if stored != raw::REDISMODULE_OK as c_int {
+            drop(unsafe { Box::from_raw(value) });
+            return Err(RedisError::Str(ERR_KEY_UNWRITABLE));
+        }
+        metrics::LOCKS.incr();
+        // The key owns the value now, and this handle is the only way to it until closed.
+        unsafe { value.as_mut() }.ok_or(RedisError::Str(ERR_KEY_UNWRITABLE))
     }
 
     /// Write back a changed lock and tell WATCH and client-side caching (the module runs with
@@ -108,6 +125,16 @@ impl LockKey {
             Ok(Some(_)) if waiters => Some(now.saturating_add(HANDOVER_GRACE_MS)),
             _ => None,
         };
+        self.commit_expiry(expires_at);
+    }
+
+    /// `commit` for a lock whose latest lease is known to end at `lease_end`.
+    pub fn commit_lease(&mut self, lease_end: i64) {
+        self.commit_expiry(Some(lease_end));
+    }
+
+    /// Expire the key at `expires_at`, or delete it (`None`), and tell watchers.
+    fn commit_expiry(&mut self, expires_at: Option<i64>) {
         if self.key.is_null() {
             return;
         }

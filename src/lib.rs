@@ -44,7 +44,7 @@ use std::ffi::CStr;
 use std::os::raw::c_int;
 
 use rand::RngCore;
-use redis_module::{Context, RedisString, Status, raw, redis_module};
+use redis_module::{Context, RedisResult, RedisString, RedisValue, Status, raw, redis_module};
 
 use commands::Arg;
 
@@ -66,10 +66,19 @@ macro_rules! entry {
         ) -> c_int {
             let context = Context::new(ctx);
             let args = unsafe { Arg::slice(argv, argc) };
-            context.reply($body(&context, args)) as c_int
+            reply(&context, $body(&context, args))
         }
         entry
     }};
+}
+
+/// Send a command's result: an integer (a token, a count) straight to the client, anything
+/// else through the crate's general reply.
+fn reply(ctx: &Context, result: RedisResult) -> c_int {
+    match (result, unsafe { raw::RedisModule_ReplyWithLongLong }) {
+        (Ok(RedisValue::Integer(n)), Some(reply)) => unsafe { reply(ctx.get_raw(), n) },
+        (result, _) => ctx.reply(result) as c_int,
+    }
 }
 
 type Entry =

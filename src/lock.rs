@@ -74,6 +74,13 @@ impl Lock {
         Lock::default()
     }
 
+    /// A lock with the one hold `hold`.
+    pub fn with_hold(hold: Hold) -> Self {
+        Lock {
+            holds: Holds::One(hold),
+        }
+    }
+
     pub fn from_holds(holds: Vec<Hold>) -> Self {
         let mut lock = Lock::new();
         for hold in holds {

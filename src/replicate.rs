@@ -237,21 +237,29 @@ impl Decimal {
         Decimal([0; 20])
     }
 
+    /// Written from the end, four digits a step, in a loop the compiler leaves rolled (a
+    /// fixed trip count would have it unrolled into most of a kilobyte of hot code).
     fn format(&mut self, value: i64) -> &[u8] {
         let mut magnitude = value.unsigned_abs();
-        // Digits fill the buffer from its end, two at a time; `start` is the first one.
         let mut start = self.0.len();
-        for slot in self.0.rchunks_exact_mut(2) {
-            let two = (magnitude % 100) as usize;
-            magnitude /= 100;
-            if let (Ok(slot), Some(digits)) = (<&mut [u8; 2]>::try_from(slot), PAIRS.get(two)) {
-                *slot = *digits;
-            }
-            let written = if magnitude == 0 && two < 10 { 1 } else { 2 };
-            start = start.saturating_sub(written);
-            if magnitude == 0 {
-                break;
-            }
+        while magnitude >= 10_000 {
+            let four = (magnitude % 10_000) as usize;
+            magnitude /= 10_000;
+            start = start.saturating_sub(4);
+            self.put_pair(start, four / 100);
+            self.put_pair(start.saturating_add(2), four % 100);
+        }
+        let mut last = magnitude as usize;
+        if last >= 100 {
+            start = start.saturating_sub(2);
+            self.put_pair(start, last % 100);
+            last /= 100;
+        }
+        start = start.saturating_sub(2);
+        self.put_pair(start, last);
+        // A leading zero of the last pair is not a digit.
+        if last < 10 {
+            start = start.saturating_add(1);
         }
         if value < 0 {
             start = start.saturating_sub(1);
@@ -260,6 +268,14 @@ impl Decimal {
             }
         }
         self.0.get(start..).unwrap_or(&[])
+    }
+
+    /// Write the two digits of `two` (below 100) at `at`.
+    fn put_pair(&mut self, at: usize, two: usize) {
+        let slot = self.0.get_mut(at..at.saturating_add(2));
+        if let (Some(Ok(slot)), Some(pair)) = (slot.map(<&mut [u8; 2]>::try_from), PAIRS.get(two)) {
+            *slot = *pair;
+        }
     }
 }
 
@@ -289,6 +305,16 @@ mod tests {
             i64::MAX - 1,
             i64::MIN + 1,
         ] {
+            assert_eq!(Decimal::new().format(value), value.to_string().as_bytes());
+        }
+        let mut power: i64 = 1;
+        while let Some(next) = power.checked_mul(10) {
+            for value in [power - 1, power, power + 1, -power, next / 2 + 7] {
+                assert_eq!(Decimal::new().format(value), value.to_string().as_bytes());
+            }
+            power = next;
+        }
+        for value in 0..100_000 {
             assert_eq!(Decimal::new().format(value), value.to_string().as_bytes());
         }
     }

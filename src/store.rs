@@ -52,22 +52,15 @@ impl Ttl {
 
 /// What an acquire asks for.
 pub struct Request<'a> {
-    pub owner: OwnerRef<'a>,
+    pub owner: &'a [u8],
+    /// The same owner, as replication sends it.
+    pub owner_string: OwnerRef<'a>,
     pub mode: Mode,
     /// Semaphore permits; 1 for a lock.
     pub amount: u32,
     pub ttl: Ttl,
     /// `SESSION`: bind a granted hold to this client.
     pub session: Option<u64>,
-}
-
-impl Request<'_> {
-    fn owner(&self) -> &[u8] {
-        match self.owner {
-            OwnerRef::Arg(arg) => arg.as_bytes(),
-            OwnerRef::Bytes(bytes) => bytes,
-        }
-    }
 }
 
 /// Who is acquiring, relative to the clients waiting for the key.
@@ -94,12 +87,60 @@ pub fn acquire(
     turn: Turn,
     now: i64,
 ) -> Result<Result<Outcome, AcquireError>, RedisError> {
-    let owner = request.owner();
+    let key = LockKey::open_write(site.ctx, site.key);
+    // (More permits than the limit: what `Lock::admits` refuses on an empty lock.)
+    if turn == (Turn::Command { queued: false })
+        && key.is_empty()
+        && !matches!(request.mode, Mode::Semaphore { limit } if request.amount > limit)
+    {
+        return grant_free(site, key, request, now);
+    }
+    acquire_taken(site, key, request, turn, now)
+}
+
+/// The common case, kept short: a free key that nobody waits for gets a lock with one hold,
+/// and none of the questions a lock already there needs (ended holds, the queue, the modes
+/// held). The effects are those of any grant.
+fn grant_free(
+    site: Site,
+    mut key: LockKey,
+    request: &Request,
+    now: i64,
+) -> Result<Result<Outcome, AcquireError>, RedisError> {
+    let lease_end = request.ttl.lease_end(now);
+    let Some(token) = CLOCK.issue(now) else {
+        return Ok(Err(AcquireError::TokensExhausted));
+    };
+    let state = HoldState {
+        token,
+        count: request.amount,
+        lease_end,
+        mode: request.mode,
+    };
+    key.insert(Lock::with_hold(Hold::new(request.owner.into(), state)))?;
+    // One hold, no waiters: the key's own expiry ends the lease; no timer entry is needed.
+    if timers::any_serving() {
+        timers::forget(site.db, site.key.as_bytes());
+    }
+    granted(site, request, state, Turn::Command { queued: false });
+    key.commit_lease(lease_end);
+    Ok(Ok(Outcome::Granted(state)))
+}
+
+/// `acquire` on a key that holds a lock (or something else), or with clients waiting.
+#[inline(never)]
+fn acquire_taken(
+    site: Site,
+    mut key: LockKey,
+    request: &Request,
+    turn: Turn,
+    now: i64,
+) -> Result<Result<Outcome, AcquireError>, RedisError> {
+    let owner = request.owner;
     let (ahead, waiters) = match turn {
         Turn::Command { queued } => (queued, queued),
         Turn::Waiter => (false, true),
     };
-    let mut key = LockKey::open_write(site.ctx, site.key);
     // A keyed waiter is served inside Redis's pass over the key's blocked clients, which
     // propagates only what a served client changed: removing ended holds there and then
     // finding the lock still busy would leave their replication pending (Redis 7.0 then
@@ -128,38 +169,53 @@ pub fn acquire(
     ended(site, &pruned);
     let outcome = match acquired {
         Ok(Acquired::Granted(state)) => {
-            replicate::replicate(site.ctx, site.key, request.owner, state);
-            let event = match turn {
-                Turn::Command { .. } => {
-                    metrics::GRANTS_IMMEDIATE.incr();
-                    events::ACQUIRED
-                }
-                Turn::Waiter => {
-                    metrics::GRANTS_AFTER_WAIT.incr();
-                    events::HANDOVER
-                }
-            };
-            metrics::notify(site.ctx.get_raw(), event, site.key.raw());
+            granted(site, request, state, turn);
             Ok(Outcome::Granted(state))
         }
         Ok(Acquired::Reentered(state)) => {
-            replicate::replicate(site.ctx, site.key, request.owner, state);
+            replicate::replicate(site.ctx, site.key, request.owner_string, state);
             metrics::REENTRIES.incr();
             metrics::notify(site.ctx.get_raw(), events::REENTERED, site.key.raw());
+            bind_session(site, request, state);
             Ok(Outcome::Reentered(state))
         }
         Ok(Acquired::Busy) => Ok(Outcome::Busy(busy_until)),
         Err(error) => Err(error),
     };
-    if let (Ok(Outcome::Granted(state) | Outcome::Reentered(state)), Some(client)) =
-        (outcome, request.session)
-    {
-        session::bind(client, site.db, site.key.as_bytes(), owner, state.token);
-    }
     if changed {
         key.commit(waiters, now);
     }
     Ok(outcome)
+}
+
+/// Replicate, count and announce a new hold, and bind it to its session.
+fn granted(site: Site, request: &Request, state: HoldState, turn: Turn) {
+    replicate::replicate(site.ctx, site.key, request.owner_string, state);
+    let event = match turn {
+        Turn::Command { .. } => {
+            metrics::GRANTS_IMMEDIATE.incr();
+            events::ACQUIRED
+        }
+        Turn::Waiter => {
+            metrics::GRANTS_AFTER_WAIT.incr();
+            events::HANDOVER
+        }
+    };
+    metrics::notify(site.ctx.get_raw(), event, site.key.raw());
+    bind_session(site, request, state);
+}
+
+/// `SESSION`: the hold ends when the requesting client disconnects.
+fn bind_session(site: Site, request: &Request, state: HoldState) {
+    if let Some(client) = request.session {
+        session::bind(
+            client,
+            site.db,
+            site.key.as_bytes(),
+            request.owner,
+            state.token,
+        );
+    }
 }
 
 /// Give back one hold of `owner`. `None` when it holds nothing live; otherwise the hold's

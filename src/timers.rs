@@ -188,9 +188,14 @@ pub fn forget_deadline(waiter: u64) {
 /// ask `forget` about a key that has none.
 static SERVING: AtomicUsize = AtomicUsize::new(0);
 
+/// Whether any key has a serve entry (else `forget` has nothing to do).
+pub fn any_serving() -> bool {
+    SERVING.load(Ordering::Relaxed) > 0
+}
+
 /// The lock at `key` is gone, or needs no timer: drop its serve entry.
 pub fn forget(db: c_int, key: &[u8]) {
-    if SERVING.load(Ordering::Relaxed) == 0 {
+    if !any_serving() {
         return;
     }
     with_timers(|t| {

@@ -2,7 +2,7 @@
 //! [SESSION]`
 
 use rand::Rng;
-use redis_module::{Context, ContextFlags, RedisError, RedisResult, RedisValue};
+use redis_module::{Context, ContextFlags, RedisError, RedisResult, RedisValue, raw};
 
 use super::{Arg, MAX_MS, check_master, parse_owner, parse_ttl};
 use crate::blocking::{self, Wait};
@@ -19,7 +19,8 @@ use crate::store::{self, Outcome, Request, Site, Ttl, Turn};
 const GENERATE_OWNER: &[u8] = b"*";
 
 enum Owner<'a> {
-    Named(&'a Arg),
+    /// The argument, and its bytes.
+    Named(&'a Arg, &'a [u8]),
     Generated,
 }
 
@@ -37,65 +38,39 @@ struct AcquireArgs<'a> {
     session: bool,
 }
 
+/// The options after the ttl.
+#[derive(Default)]
+struct Options {
+    mode: Option<Mode>,
+    permits: Option<u32>,
+    wait: Option<i64>,
+    session: bool,
+}
+
 impl<'a> AcquireArgs<'a> {
     fn parse(args: &'a [Arg]) -> Result<Self, RedisError> {
         let [_, key, owner, ttl, options @ ..] = args else {
             return Err(RedisError::WrongArity);
         };
-        let owner = if owner.as_bytes() == GENERATE_OWNER {
-            Owner::Generated
-        } else {
-            Owner::Named(parse_owner(owner)?)
+        let owner = match owner.as_bytes() {
+            GENERATE_OWNER => Owner::Generated,
+            bytes => Owner::Named(owner, parse_owner(bytes)?),
         };
         let ttl = parse_ttl(ttl)?;
-        let mut wait = None;
-        let mut session = false;
-        let mut mode = None;
-        let mut permits = None;
-        let mut rest = options;
-        while let [option, tail @ ..] = rest {
-            match (option.as_bytes().to_ascii_uppercase().as_slice(), tail) {
-                (b"WAIT", [timeout, tail @ ..]) if wait.is_none() => {
-                    wait = Some(parse_timeout(timeout)?);
-                    rest = tail;
+        let (mode, amount, wait, session) = if options.is_empty() {
+            (Mode::Exclusive, 1, None, false)
+        } else {
+            let options = parse_options(options)?;
+            let mode = options.mode.unwrap_or(Mode::Exclusive);
+            let amount = match (mode, options.permits) {
+                (Mode::Semaphore { limit }, Some(n)) if n > limit => {
+                    return Err(RedisError::Str(ERR_PERMITS_ABOVE_LIMIT));
                 }
-                (b"SESSION", tail) if !session => {
-                    session = true;
-                    rest = tail;
-                }
-                (b"SHARED", tail) if mode.is_none() => {
-                    mode = Some(Mode::Shared);
-                    rest = tail;
-                }
-                (b"SEMAPHORE", [limit, tail @ ..]) if mode.is_none() => {
-                    let limit = limit
-                        .parse_i64()
-                        .and_then(|l| u32::try_from(l).ok())
-                        .filter(|l| (1..=MAX_LIMIT).contains(l))
-                        .ok_or(RedisError::Str(ERR_LIMIT))?;
-                    mode = Some(Mode::Semaphore { limit });
-                    rest = tail;
-                }
-                (b"PERMITS", [n, tail @ ..]) if permits.is_none() => {
-                    let n = n
-                        .parse_i64()
-                        .and_then(|n| u32::try_from(n).ok())
-                        .filter(|n| *n > 0)
-                        .ok_or(RedisError::Str(ERR_PERMITS))?;
-                    permits = Some(n);
-                    rest = tail;
-                }
-                _ => return Err(RedisError::Str(ERR_SYNTAX)),
-            }
-        }
-        let mode = mode.unwrap_or(Mode::Exclusive);
-        let amount = match (mode, permits) {
-            (Mode::Semaphore { limit }, Some(n)) if n > limit => {
-                return Err(RedisError::Str(ERR_PERMITS_ABOVE_LIMIT));
-            }
-            (Mode::Semaphore { .. }, n) => n.unwrap_or(1),
-            (_, Some(_)) => return Err(RedisError::Str(ERR_SYNTAX)),
-            (_, None) => 1,
+                (Mode::Semaphore { .. }, n) => n.unwrap_or(1),
+                (_, Some(_)) => return Err(RedisError::Str(ERR_SYNTAX)),
+                (_, None) => 1,
+            };
+            (mode, amount, options.wait, options.session)
         };
         Ok(AcquireArgs {
             key,
@@ -107,6 +82,49 @@ impl<'a> AcquireArgs<'a> {
             session,
         })
     }
+}
+
+/// Out of line: the plain request (no options) runs none of this.
+#[inline(never)]
+fn parse_options(options: &[Arg]) -> Result<Options, RedisError> {
+    let mut parsed = Options::default();
+    let mut rest = options;
+    while let [option, tail @ ..] = rest {
+        match (option.as_bytes().to_ascii_uppercase().as_slice(), tail) {
+            (b"WAIT", [timeout, tail @ ..]) if parsed.wait.is_none() => {
+                parsed.wait = Some(parse_timeout(timeout)?);
+                rest = tail;
+            }
+            (b"SESSION", tail) if !parsed.session => {
+                parsed.session = true;
+                rest = tail;
+            }
+            (b"SHARED", tail) if parsed.mode.is_none() => {
+                parsed.mode = Some(Mode::Shared);
+                rest = tail;
+            }
+            (b"SEMAPHORE", [limit, tail @ ..]) if parsed.mode.is_none() => {
+                let limit = limit
+                    .parse_i64()
+                    .and_then(|l| u32::try_from(l).ok())
+                    .filter(|l| (1..=MAX_LIMIT).contains(l))
+                    .ok_or(RedisError::Str(ERR_LIMIT))?;
+                parsed.mode = Some(Mode::Semaphore { limit });
+                rest = tail;
+            }
+            (b"PERMITS", [n, tail @ ..]) if parsed.permits.is_none() => {
+                let n = n
+                    .parse_i64()
+                    .and_then(|n| u32::try_from(n).ok())
+                    .filter(|n| *n > 0)
+                    .ok_or(RedisError::Str(ERR_PERMITS))?;
+                parsed.permits = Some(n);
+                rest = tail;
+            }
+            _ => return Err(RedisError::Str(ERR_SYNTAX)),
+        }
+    }
+    Ok(parsed)
 }
 
 /// A `WAIT` timeout: 0 (forever) up to `MAX_MS`.
@@ -126,32 +144,29 @@ pub fn run(ctx: &Context, args: &[Arg]) -> RedisResult {
     check_master(ctx)?;
     let raw_ctx = ctx.get_raw();
     let session = if args.session {
-        let client = server::client_id(raw_ctx);
-        if !server::is_connection(client) {
-            return Err(RedisError::Str(ERR_SESSION_CONNECTION));
-        }
-        Some(client)
+        Some(session_client(raw_ctx)?)
     } else {
         None
     };
     let now = server::now_ms();
     let generated;
     let (owner, owner_ref) = match args.owner {
-        Owner::Named(owner) => (owner.as_bytes(), OwnerRef::Arg(owner)),
+        Owner::Named(owner, bytes) => (bytes, OwnerRef::Arg(owner)),
         Owner::Generated => {
-            generated = owner_from_bits(rand::thread_rng().r#gen());
+            generated = generate_owner();
             (&generated[..], OwnerRef::Bytes(&generated))
         }
     };
     let db = server::selected_db(raw_ctx);
-    let queued = blocking::waiting(db, args.key.as_bytes()) > 0;
+    let queued = blocking::is_queued(db, args.key);
     let site = Site {
         ctx,
         key: args.key,
         db,
     };
     let request = Request {
-        owner: owner_ref,
+        owner,
+        owner_string: owner_ref,
         mode: args.mode,
         amount: args.amount,
         ttl: args.ttl,
@@ -159,31 +174,60 @@ pub fn run(ctx: &Context, args: &[Arg]) -> RedisResult {
     };
     let outcome = store::acquire(site, &request, Turn::Command { queued }, now)?
         .map_err(|error| RedisError::Str(acquire_error(error)))?;
-    match outcome {
-        Outcome::Granted(state) | Outcome::Reentered(state) => Ok(match args.owner {
-            Owner::Named(_) => RedisValue::Integer(state.token),
-            Owner::Generated => RedisValue::Array(vec![
+    match (outcome, &args.owner) {
+        (Outcome::Granted(state) | Outcome::Reentered(state), Owner::Named(..)) => {
+            Ok(RedisValue::Integer(state.token))
+        }
+        (Outcome::Granted(state) | Outcome::Reentered(state), Owner::Generated) => {
+            Ok(RedisValue::Array(vec![
                 RedisValue::Integer(state.token),
                 RedisValue::StringBuffer(owner.to_vec()),
-            ]),
-        }),
-        Outcome::Busy(busy_until) => {
-            let can_block = !ctx.get_flags().contains(ContextFlags::DENY_BLOCKING);
-            match args.wait {
-                Some(timeout_ms) if can_block => {
-                    let wait = Wait {
-                        owner,
-                        generated: matches!(args.owner, Owner::Generated),
-                        ttl: args.ttl,
-                        mode: args.mode,
-                        amount: args.amount,
-                        deadline: (timeout_ms > 0).then(|| now.saturating_add(timeout_ms)),
-                        session,
-                    };
-                    blocking::block(ctx, args.key, wait, busy_until)
-                }
-                _ => Ok(RedisValue::Null),
-            }
+            ]))
         }
+        (Outcome::Busy(busy_until), _) => busy(ctx, &args, owner, session, now, busy_until),
+    }
+}
+
+/// The client `SESSION` binds a hold to: a connection that can disconnect.
+#[inline(never)]
+fn session_client(ctx: *mut raw::RedisModuleCtx) -> Result<u64, RedisError> {
+    let client = server::client_id(ctx);
+    if !server::is_connection(client) {
+        return Err(RedisError::Str(ERR_SESSION_CONNECTION));
+    }
+    Ok(client)
+}
+
+/// An owner id for `*`: 128 random bits in hex.
+#[inline(never)]
+fn generate_owner() -> [u8; 32] {
+    owner_from_bits(rand::thread_rng().r#gen())
+}
+
+/// The lock is taken: block for it with `WAIT` (where the client may block), or reply null.
+#[inline(never)]
+fn busy(
+    ctx: &Context,
+    args: &AcquireArgs,
+    owner: &[u8],
+    session: Option<u64>,
+    now: i64,
+    busy_until: Option<i64>,
+) -> RedisResult {
+    let can_block = !ctx.get_flags().contains(ContextFlags::DENY_BLOCKING);
+    match args.wait {
+        Some(timeout_ms) if can_block => {
+            let wait = Wait {
+                owner,
+                generated: matches!(args.owner, Owner::Generated),
+                ttl: args.ttl,
+                mode: args.mode,
+                amount: args.amount,
+                deadline: (timeout_ms > 0).then(|| now.saturating_add(timeout_ms)),
+                session,
+            };
+            blocking::block(ctx, args.key, wait, busy_until)
+        }
+        _ => Ok(RedisValue::Null),
     }
 }

@@ -60,20 +60,22 @@ pub fn check_master(ctx: &Context) -> Result<(), RedisError> {
 }
 
 /// An owner id for a new hold, checked: non-empty, at most `dlock.max-owner-length` bytes.
-pub fn parse_owner(arg: &Arg) -> Result<&Arg, RedisError> {
-    check_owner(arg, config::max_owner_length())
+pub fn parse_owner(owner: &[u8]) -> Result<&[u8], RedisError> {
+    check_owner(owner, config::max_owner_length())?;
+    Ok(owner)
 }
 
 /// An owner id naming an existing hold (`RELEASE`, `EXTEND`): checked against the largest
 /// `dlock.max-owner-length` can be, so lowering the config never strands a current holder.
 pub fn parse_holder(arg: &Arg) -> Result<&Arg, RedisError> {
-    check_owner(arg, config::MAX_OWNER_LENGTH_LIMIT)
+    check_owner(arg.as_bytes(), config::MAX_OWNER_LENGTH_LIMIT)?;
+    Ok(arg)
 }
 
-fn check_owner(arg: &Arg, limit: usize) -> Result<&Arg, RedisError> {
-    match arg.as_bytes().len() {
+fn check_owner(owner: &[u8], limit: usize) -> Result<(), RedisError> {
+    match owner.len() {
         0 => Err(RedisError::Str(ERR_OWNER_EMPTY)),
         len if len > limit => Err(RedisError::String(err_owner_too_long(limit))),
-        _ => Ok(arg),
+        _ => Ok(()),
     }
 }
