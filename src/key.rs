@@ -12,7 +12,7 @@ use redis_module::{Context, RedisError};
 
 use crate::arg::Arg;
 use crate::datatype;
-use crate::errors::ERR_KEY_UNWRITABLE;
+use crate::errors::{ERR_KEY_UNWRITABLE, refused};
 use crate::lock::Lock;
 use crate::metrics;
 
@@ -107,7 +107,7 @@ impl LockKey {
         };
         if stored != raw::REDISMODULE_OK as c_int {
             drop(unsafe { Box::from_raw(value) });
-            return Err(RedisError::Str(ERR_KEY_UNWRITABLE));
+            return Err(refused(ERR_KEY_UNWRITABLE));
         }
         metrics::LOCKS.incr();
         // The key owns the value now, and this handle is the only way to it until closed.

@@ -239,6 +239,7 @@ impl Decimal {
 
     /// Written from the end, four digits a step, in a loop the compiler leaves rolled (a
     /// fixed trip count would have it unrolled into most of a kilobyte of hot code).
+    #[inline(never)]
     fn format(&mut self, value: i64) -> &[u8] {
         let mut magnitude = value.unsigned_abs();
         let mut start = self.0.len();

@@ -8,7 +8,7 @@ use super::{Arg, MAX_MS, check_master, parse_owner, parse_ttl};
 use crate::blocking::{self, Wait};
 use crate::errors::{
     ERR_LIMIT, ERR_PERMITS, ERR_PERMITS_ABOVE_LIMIT, ERR_SESSION_CONNECTION, ERR_SYNTAX,
-    ERR_TIMEOUT, ERR_TIMEOUT_RANGE, acquire_error,
+    ERR_TIMEOUT, ERR_TIMEOUT_RANGE, acquire_error, refused,
 };
 use crate::lock::{MAX_LIMIT, Mode, owner_from_bits};
 use crate::replicate::OwnerRef;
@@ -173,7 +173,7 @@ pub fn run(ctx: &Context, args: &[Arg]) -> RedisResult {
         session,
     };
     let outcome = store::acquire(site, &request, Turn::Command { queued }, now)?
-        .map_err(|error| RedisError::Str(acquire_error(error)))?;
+        .map_err(|error| refused(acquire_error(error)))?;
     match (outcome, &args.owner) {
         (Outcome::Granted(state) | Outcome::Reentered(state), Owner::Named(..)) => {
             Ok(RedisValue::Integer(state.token))
@@ -189,6 +189,7 @@ pub fn run(ctx: &Context, args: &[Arg]) -> RedisResult {
 }
 
 /// The client `SESSION` binds a hold to: a connection that can disconnect.
+#[cold]
 #[inline(never)]
 fn session_client(ctx: *mut raw::RedisModuleCtx) -> Result<u64, RedisError> {
     let client = server::client_id(ctx);
@@ -199,12 +200,14 @@ fn session_client(ctx: *mut raw::RedisModuleCtx) -> Result<u64, RedisError> {
 }
 
 /// An owner id for `*`: 128 random bits in hex.
+#[cold]
 #[inline(never)]
 fn generate_owner() -> [u8; 32] {
     owner_from_bits(rand::thread_rng().r#gen())
 }
 
 /// The lock is taken: block for it with `WAIT` (where the client may block), or reply null.
+#[cold]
 #[inline(never)]
 fn busy(
     ctx: &Context,

@@ -15,7 +15,7 @@ pub use crate::arg::Arg;
 use crate::config;
 use crate::errors::{
     ERR_OWNER_EMPTY, ERR_REPLICA, ERR_TOKEN, ERR_TTL, ERR_TTL_RANGE, err_owner_too_long,
-    err_ttl_above_max,
+    err_ttl_above_max, refused,
 };
 use crate::server;
 use crate::store::Ttl;
@@ -27,12 +27,12 @@ pub const MAX_MS: i64 = 1 << 40;
 
 /// A lease length: a positive integer up to `MAX_MS` and `dlock.max-ttl`.
 pub fn parse_ttl(arg: &Arg) -> Result<Ttl, RedisError> {
-    let ttl = arg.parse_i64().ok_or(RedisError::Str(ERR_TTL))?;
+    let ttl = arg.parse_i64().ok_or_else(|| refused(ERR_TTL))?;
     if ttl <= 0 {
-        return Err(RedisError::Str(ERR_TTL));
+        return Err(refused(ERR_TTL));
     }
     if ttl > MAX_MS {
-        return Err(RedisError::Str(ERR_TTL_RANGE));
+        return Err(refused(ERR_TTL_RANGE));
     }
     match config::max_ttl() {
         Some(max) if ttl > max => Err(RedisError::String(err_ttl_above_max(max))),
@@ -55,7 +55,7 @@ pub fn check_master(ctx: &Context) -> Result<(), RedisError> {
     if server::is_master_now() || server::is_replicated_or_loading(raw_ctx) {
         Ok(())
     } else {
-        Err(RedisError::Str(ERR_REPLICA))
+        Err(refused(ERR_REPLICA))
     }
 }
 
@@ -74,7 +74,7 @@ pub fn parse_holder(arg: &Arg) -> Result<&Arg, RedisError> {
 
 fn check_owner(owner: &[u8], limit: usize) -> Result<(), RedisError> {
     match owner.len() {
-        0 => Err(RedisError::Str(ERR_OWNER_EMPTY)),
+        0 => Err(refused(ERR_OWNER_EMPTY)),
         len if len > limit => Err(RedisError::String(err_owner_too_long(limit))),
         _ => Ok(()),
     }
