@@ -74,13 +74,6 @@ impl Lock {
         Lock::default()
     }
 
-    /// A lock with the one hold `hold`.
-    pub fn with_hold(hold: Hold) -> Self {
-        Lock {
-            holds: Holds::One(hold),
-        }
-    }
-
     pub fn from_holds(holds: Vec<Hold>) -> Self {
         let mut lock = Lock::new();
         for hold in holds {
@@ -266,6 +259,29 @@ impl Lock {
         self.grant(owner, mode, amount, now, lease_end, clock)
     }
 
+    /// A new lock taken by `owner`: what `acquire` does on an empty lock, which refuses only
+    /// more permits than a semaphore's limit. The common case, made without an empty lock
+    /// to ask first.
+    pub fn first(
+        owner: &[u8],
+        mode: Mode,
+        amount: u32,
+        now: i64,
+        lease_end: i64,
+        clock: &TokenClock,
+    ) -> Result<(Lock, HoldState), AcquireError> {
+        if let Mode::Semaphore { limit } = mode
+            && amount > limit
+        {
+            return Err(AcquireError::PermitsAboveLimit);
+        }
+        let state = new_hold(mode, amount, now, lease_end, clock)?;
+        let lock = Lock {
+            holds: Holds::One(Hold::new(owner.into(), state)),
+        };
+        Ok((lock, state))
+    }
+
     /// A new hold for `owner`, with a new token.
     fn grant(
         &mut self,
@@ -276,13 +292,7 @@ impl Lock {
         lease_end: i64,
         clock: &TokenClock,
     ) -> Result<Acquired, AcquireError> {
-        let token = clock.issue(now).ok_or(AcquireError::TokensExhausted)?;
-        let state = HoldState {
-            token,
-            count: amount,
-            lease_end,
-            mode,
-        };
+        let state = new_hold(mode, amount, now, lease_end, clock)?;
         if !self.holds.push(Hold::new(owner.into(), state)) {
             return Err(AcquireError::TooManyHolds);
         }
@@ -526,6 +536,23 @@ impl Lock {
     }
 }
 
+/// The state of a new hold: `amount` in `mode` until `lease_end`, with a new token.
+fn new_hold(
+    mode: Mode,
+    amount: u32,
+    now: i64,
+    lease_end: i64,
+    clock: &TokenClock,
+) -> Result<HoldState, AcquireError> {
+    let token = clock.issue(now).ok_or(AcquireError::TokensExhausted)?;
+    Ok(HoldState {
+        token,
+        count: amount,
+        lease_end,
+        mode,
+    })
+}
+
 /// A server-generated owner id: 128 random bits as 32 lowercase hex digits.
 pub fn owner_from_bits(bits: u128) -> [u8; 32] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -568,6 +595,36 @@ mod tests {
             Ok(Acquired::Granted(state)) => state,
             other => panic!("expected a grant, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_first_hold_is_what_acquire_grants_on_an_empty_lock() {
+        for (mode, amount) in [
+            (Mode::Exclusive, 1),
+            (Mode::Shared, 1),
+            (Mode::Semaphore { limit: 3 }, 2),
+            (Mode::Semaphore { limit: 3 }, 3),
+        ] {
+            let (first_clock, acquire_clock) = (TokenClock::new(), TokenClock::new());
+            let (first, state) =
+                Lock::first(b"a", mode, amount, NOW, NOW + 1_000, &first_clock).unwrap();
+            let mut acquired = Lock::new();
+            assert_eq!(
+                acquired.acquire(b"a", mode, amount, NOW, NOW + 1_000, &acquire_clock),
+                Ok(Acquired::Granted(state))
+            );
+            assert_eq!(first, acquired);
+            assert_eq!(first_clock.last(), acquire_clock.last());
+        }
+        let semaphore = Mode::Semaphore { limit: 3 };
+        let clock = TokenClock::new();
+        assert_eq!(
+            Lock::first(b"a", semaphore, 4, NOW, NOW + 1_000, &clock).err(),
+            Lock::new()
+                .acquire(b"a", semaphore, 4, NOW, NOW + 1_000, &clock)
+                .err()
+        );
+        assert_eq!(clock.last(), 0);
     }
 
     #[test]

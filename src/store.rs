@@ -88,11 +88,7 @@ pub fn acquire(
     now: i64,
 ) -> Result<Result<Outcome, AcquireError>, RedisError> {
     let key = LockKey::open_write(site.ctx, site.key);
-    // (More permits than the limit: what `Lock::admits` refuses on an empty lock.)
-    if turn == (Turn::Command { queued: false })
-        && key.is_empty()
-        && !matches!(request.mode, Mode::Semaphore { limit } if request.amount > limit)
-    {
+    if turn == (Turn::Command { queued: false }) && key.is_empty() {
         return grant_free(site, key, request, now);
     }
     acquire_taken(site, key, request, turn, now)
@@ -108,16 +104,18 @@ fn grant_free(
     now: i64,
 ) -> Result<Result<Outcome, AcquireError>, RedisError> {
     let lease_end = request.ttl.lease_end(now);
-    let Some(token) = CLOCK.issue(now) else {
-        return Ok(Err(AcquireError::TokensExhausted));
-    };
-    let state = HoldState {
-        token,
-        count: request.amount,
+    let (lock, state) = match Lock::first(
+        request.owner,
+        request.mode,
+        request.amount,
+        now,
         lease_end,
-        mode: request.mode,
+        &CLOCK,
+    ) {
+        Ok(first) => first,
+        Err(error) => return Ok(Err(error)),
     };
-    key.insert(Lock::with_hold(Hold::new(request.owner.into(), state)))?;
+    key.insert(lock)?;
     // One hold, no waiters: the key's own expiry ends the lease; no timer entry is needed.
     if timers::any_serving() {
         timers::forget(site.db, site.key.as_bytes());
