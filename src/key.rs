@@ -50,13 +50,7 @@ impl LockKey {
 
     /// The lock stored at this key: `None` for an empty key, `WRONGTYPE` for any other type.
     pub fn lock(&mut self) -> Result<Option<&mut Lock>, RedisError> {
-        if self.key.is_null() {
-            return Ok(None);
-        }
-        let key_type = match unsafe { raw::RedisModule_KeyType } {
-            Some(f) => unsafe { f(self.key) },
-            None => return Err(RedisError::WrongType),
-        };
+        let key_type = self.key_type().ok_or(RedisError::WrongType)?;
         if key_type == raw::REDISMODULE_KEYTYPE_EMPTY as c_int {
             return Ok(None);
         }
@@ -80,12 +74,17 @@ impl LockKey {
 
     /// Whether the key holds nothing (nor anything of another type).
     pub fn is_empty(&self) -> bool {
-        match unsafe { raw::RedisModule_KeyType } {
-            Some(key_type) if !self.key.is_null() => {
-                (unsafe { key_type(self.key) }) == raw::REDISMODULE_KEYTYPE_EMPTY as c_int
-            }
-            _ => self.key.is_null(),
+        self.key_type() == Some(raw::REDISMODULE_KEYTYPE_EMPTY as c_int)
+    }
+
+    /// The key's `REDISMODULE_KEYTYPE_*` (empty for a key that could not be opened); `None`
+    /// when the server lacks the function.
+    fn key_type(&self) -> Option<c_int> {
+        if self.key.is_null() {
+            return Some(raw::REDISMODULE_KEYTYPE_EMPTY as c_int);
         }
+        let key_type = unsafe { raw::RedisModule_KeyType }?;
+        Some(unsafe { key_type(self.key) })
     }
 
     /// The lock stored at this key, or a new empty lock stored in the empty key.

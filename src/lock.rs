@@ -189,11 +189,8 @@ impl Lock {
             (Mode::Semaphore { limit }, Some(current)) if limit != current => {
                 Err(AcquireError::LimitMismatch)
             }
-            (Mode::Semaphore { limit }, _) if amount > limit => {
-                Err(AcquireError::PermitsAboveLimit)
-            }
             (Mode::Exclusive | Mode::Shared, Some(_)) => Err(AcquireError::NotALock),
-            _ => Ok(()),
+            _ => permits_fit(mode, amount),
         }
     }
 
@@ -270,11 +267,7 @@ impl Lock {
         lease_end: i64,
         clock: &TokenClock,
     ) -> Result<(Lock, HoldState), AcquireError> {
-        if let Mode::Semaphore { limit } = mode
-            && amount > limit
-        {
-            return Err(AcquireError::PermitsAboveLimit);
-        }
+        permits_fit(mode, amount)?;
         let state = new_hold(mode, amount, now, lease_end, clock)?;
         let lock = Lock {
             holds: Holds::One(Hold::new(owner.into(), state)),
@@ -533,6 +526,14 @@ impl Lock {
     /// Bytes this lock owns on the heap, for `MEMORY USAGE`.
     pub fn heap_size(&self) -> usize {
         self.holds.heap_size()
+    }
+}
+
+/// More permits than a semaphore has are refused, whatever the key holds.
+fn permits_fit(mode: Mode, amount: u32) -> Result<(), AcquireError> {
+    match mode {
+        Mode::Semaphore { limit } if amount > limit => Err(AcquireError::PermitsAboveLimit),
+        _ => Ok(()),
     }
 }
 
