@@ -256,6 +256,21 @@ impl Lock {
         self.grant(owner, mode, amount, now, lease_end, clock)
     }
 
+    /// The common refusal, answered without the questions `acquire` asks: an exclusive
+    /// request while the lock's one hold is another owner's, exclusive and live. The lease
+    /// end the requester may wait for; `None` when `acquire` has to decide (which, for the
+    /// locks answered here, refuses without changing anything).
+    pub fn refusal(&self, owner: &[u8], mode: Mode, now: i64) -> Option<i64> {
+        match (&self.holds, mode) {
+            (Holds::One(hold), Mode::Exclusive)
+                if hold.mode() == Mode::Exclusive && hold.is_live(now) && *hold.owner != *owner =>
+            {
+                Some(hold.lease_end)
+            }
+            _ => None,
+        }
+    }
+
     /// A new lock taken by `owner`: what `acquire` does on an empty lock, which refuses only
     /// more permits than a semaphore's limit. The common case, made without an empty lock
     /// to ask first.
@@ -626,6 +641,56 @@ mod tests {
                 .err()
         );
         assert_eq!(clock.last(), 0);
+    }
+
+    #[test]
+    fn a_refusal_is_what_acquire_answers() {
+        let clock = TokenClock::new();
+        let end = NOW + 1_000;
+        let one = |owner: &[u8], mode| {
+            let mut lock = Lock::new();
+            lock.acquire(owner, mode, 1, NOW, end, &clock).unwrap();
+            lock
+        };
+        let mut two = one(b"a", Mode::Shared);
+        two.acquire(b"b", Mode::Shared, 1, NOW, end, &clock)
+            .unwrap();
+        let semaphore = Mode::Semaphore { limit: 1 };
+        let locks = [
+            Lock::new(),
+            one(b"a", Mode::Exclusive),
+            one(b"a", Mode::Shared),
+            one(b"a", semaphore),
+            two,
+        ];
+        let mut refused = 0;
+        for lock in &locks {
+            for (owner, mode) in [
+                (&b"a"[..], Mode::Exclusive),
+                (b"b", Mode::Exclusive),
+                (b"b", Mode::Shared),
+                (b"b", semaphore),
+            ] {
+                for now in [NOW, end - 1, end] {
+                    let Some(lease_end) = lock.refusal(owner, mode, now) else {
+                        continue;
+                    };
+                    refused += 1;
+                    let mut acquired = lock.clone();
+                    assert!(acquired.prune(now).is_empty());
+                    assert_eq!(
+                        acquired.acquire(owner, mode, 1, now, now + 1_000, &clock),
+                        Ok(Acquired::Busy)
+                    );
+                    assert_eq!(&acquired, lock);
+                    assert_eq!(lock.next_lease_end(now), Some(lease_end));
+                }
+            }
+        }
+        // Another owner's exclusive request, before the lease ends: nothing else is answered.
+        assert_eq!(refused, 2);
+        assert_eq!(locks[1].refusal(b"b", Mode::Exclusive, end), None);
+        assert_eq!(locks[1].refusal(b"a", Mode::Exclusive, NOW), None);
     }
 
     #[test]

@@ -87,9 +87,17 @@ pub fn acquire(
     turn: Turn,
     now: i64,
 ) -> Result<Result<Outcome, AcquireError>, RedisError> {
-    let key = LockKey::open_write(site.ctx, site.key);
-    if turn == (Turn::Command { queued: false }) && key.is_empty() {
-        return grant_free(site, key, request, now);
+    let mut key = LockKey::open_write(site.ctx, site.key);
+    if turn == (Turn::Command { queued: false }) {
+        if key.is_empty() {
+            return grant_free(site, key, request, now);
+        }
+        if let Some(lock) = key.lock()?
+            && let Some(lease_end) = lock.refusal(request.owner, request.mode, now)
+        {
+            watch(site, lock, now, false);
+            return Ok(Ok(Outcome::Busy(Some(lease_end))));
+        }
     }
     acquire_taken(site, key, request, turn, now)
 }
