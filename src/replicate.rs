@@ -10,7 +10,7 @@
 use std::ffi::CStr;
 use std::os::raw::c_char;
 use std::ptr;
-use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicPtr, Ordering};
 
 use redis_module::{Context, raw};
 
@@ -64,6 +64,13 @@ fn create_string(text: &[u8]) -> *mut raw::RedisModuleString {
     }
 }
 
+/// Let go of a string (null: nothing).
+fn free_string(string: *mut raw::RedisModuleString) {
+    if let (false, Some(free)) = (string.is_null(), unsafe { raw::RedisModule_FreeString }) {
+        unsafe { free(ptr::null_mut(), string) };
+    }
+}
+
 /// Make the shared strings (at load). They live as long as the server: nothing frees them.
 pub fn init() -> Result<(), &'static str> {
     for shared in [&ONE, &SHARED, &SEMAPHORE] {
@@ -74,6 +81,38 @@ pub fn init() -> Result<(), &'static str> {
         shared.string.store(string, Ordering::Relaxed);
     }
     Ok(())
+}
+
+/// The lease end last replicated, as a string kept for the next command. Grants made in the
+/// same millisecond with the same ttl end their leases together, and each would otherwise
+/// format the number and build an object for it; passed by reference, Redis only counts one
+/// more user. Main thread only: every command, timer and event that replicates runs there,
+/// holding the server's lock.
+static LAST_LEASE_END: LastString = LastString {
+    value: AtomicI64::new(0),
+    string: AtomicPtr::new(ptr::null_mut()),
+};
+
+struct LastString {
+    value: AtomicI64,
+    string: AtomicPtr<raw::RedisModuleString>,
+}
+
+impl LastString {
+    /// `value` as a string: the kept one when it is `value`'s, or a new one kept in its place
+    /// (the old one is freed here, or by Redis once the commands that share it are sent).
+    fn get(&self, value: i64) -> StringArg {
+        let kept = self.string.load(Ordering::Relaxed);
+        if !kept.is_null() && self.value.load(Ordering::Relaxed) == value {
+            return StringArg::borrowed(kept);
+        }
+        let string = create_string(Decimal::new().format(value));
+        if !string.is_null() {
+            self.value.store(value, Ordering::Relaxed);
+            free_string(self.string.swap(string, Ordering::Relaxed));
+        }
+        StringArg::borrowed(string)
+    }
 }
 
 /// A string argument passed by reference: a shared one, or one made for this command alone
@@ -90,6 +129,11 @@ impl StringArg {
         if string.is_null() {
             return StringArg::made(shared.text);
         }
+        StringArg::borrowed(string)
+    }
+
+    /// A string someone else frees.
+    fn borrowed(string: *mut raw::RedisModuleString) -> StringArg {
         StringArg {
             string,
             owned: false,
@@ -114,10 +158,7 @@ impl StringArg {
     /// The mode word after the numbers, if any (none: exclusive).
     fn mode(mode: Mode) -> StringArg {
         match mode {
-            Mode::Exclusive => StringArg {
-                string: ptr::null_mut(),
-                owned: false,
-            },
+            Mode::Exclusive => StringArg::borrowed(ptr::null_mut()),
             Mode::Shared => StringArg::shared(&SHARED),
             Mode::Semaphore { .. } => StringArg::shared(&SEMAPHORE),
         }
@@ -126,25 +167,23 @@ impl StringArg {
 
 impl Drop for StringArg {
     fn drop(&mut self) {
-        if let (true, false, Some(free)) = (self.owned, self.string.is_null(), unsafe {
-            raw::RedisModule_FreeString
-        }) {
-            unsafe { free(ptr::null_mut(), self.string) };
+        if self.owned {
+            free_string(self.string);
         }
     }
 }
 
 /// What masters send: the key and owner as the client's own argument strings (shared, not
-/// copied) or the owner as bytes, the token and lease end as buffers (one small object
-/// each, where `l` would build an sds and an object), the count and mode word shared.
+/// copied) or the owner as bytes, the token as a buffer (one small object, where `l` would
+/// build an sds and an object), the count, lease end and mode word shared.
 fn replicated_format(owner: OwnerRef, mode: Mode) -> &'static CStr {
     match (owner, mode) {
-        (OwnerRef::Arg(_), Mode::Exclusive) => c"ssbsb",
-        (OwnerRef::Arg(_), Mode::Shared) => c"ssbsbs",
-        (OwnerRef::Arg(_), Mode::Semaphore { .. }) => c"ssbsbsb",
-        (OwnerRef::Bytes(_), Mode::Exclusive) => c"sbbsb",
-        (OwnerRef::Bytes(_), Mode::Shared) => c"sbbsbs",
-        (OwnerRef::Bytes(_), Mode::Semaphore { .. }) => c"sbbsbsb",
+        (OwnerRef::Arg(_), Mode::Exclusive) => c"ssbss",
+        (OwnerRef::Arg(_), Mode::Shared) => c"ssbsss",
+        (OwnerRef::Arg(_), Mode::Semaphore { .. }) => c"ssbsssb",
+        (OwnerRef::Bytes(_), Mode::Exclusive) => c"sbbss",
+        (OwnerRef::Bytes(_), Mode::Shared) => c"sbbsss",
+        (OwnerRef::Bytes(_), Mode::Semaphore { .. }) => c"sbbsssb",
     }
 }
 
@@ -163,22 +202,22 @@ pub fn replicate(ctx: &Context, key: &Arg, owner: OwnerRef, state: HoldState) {
     };
     let (ctx, command, key) = (ctx.get_raw(), COMMAND.as_ptr(), key.raw());
     let format = replicated_format(owner, state.mode).as_ptr();
-    let (mut token, mut lease_end, mut limit) = (Decimal::new(), Decimal::new(), Decimal::new());
+    let (mut token, mut limit) = (Decimal::new(), Decimal::new());
     let token = token.format(state.token);
-    let lease_end = lease_end.format(state.lease_end);
     let limit = match state.mode {
         Mode::Semaphore { limit: value } => limit.format(i64::from(value)),
         _ => &[],
     };
-    let (count, word) = (StringArg::count(state.count), StringArg::mode(state.mode));
-    if count.string.is_null() {
+    let (count, lease_end, word) = (
+        StringArg::count(state.count),
+        LAST_LEASE_END.get(state.lease_end),
+        StringArg::mode(state.mode),
+    );
+    if count.string.is_null() || lease_end.string.is_null() {
         return;
     }
-    let [
-        (token, token_len),
-        (lease_end, lease_end_len),
-        (limit, limit_len),
-    ] = [token, lease_end, limit].map(|n| (n.as_ptr().cast::<c_char>(), n.len()));
+    let [(token, token_len), (limit, limit_len)] =
+        [token, limit].map(|n| (n.as_ptr().cast::<c_char>(), n.len()));
     unsafe {
         match owner {
             OwnerRef::Arg(owner) => replicate(
@@ -190,8 +229,7 @@ pub fn replicate(ctx: &Context, key: &Arg, owner: OwnerRef, state: HoldState) {
                 token,
                 token_len,
                 count.string,
-                lease_end,
-                lease_end_len,
+                lease_end.string,
                 word.string,
                 limit,
                 limit_len,
@@ -206,8 +244,7 @@ pub fn replicate(ctx: &Context, key: &Arg, owner: OwnerRef, state: HoldState) {
                 token,
                 token_len,
                 count.string,
-                lease_end,
-                lease_end_len,
+                lease_end.string,
                 word.string,
                 limit,
                 limit_len,

@@ -88,6 +88,59 @@ fn a_replica_mirrors_every_operation() {
     assert!(grant(&mut r, "after-promotion", "w", 10_000) > last_on_master);
 }
 
+/// Grants in one burst share a millisecond and, with it, their lease ends, which the master
+/// replicates as one string it keeps between commands: replicas and the AOF still get each
+/// hold's own lease end when the ttls alternate, and exactly the same when they repeat.
+#[test]
+fn a_burst_of_grants_replicates_each_lease_end_exactly() {
+    let mut master = Server::with_config(&[("appendonly", "yes"), ("appendfsync", "always")]);
+    let replica = Server::start();
+    replicate_from(&replica, &master);
+    let mut m = master.client();
+    let mut r = replica.client();
+    let ttls = [60_000, 60_000, 90_000, 60_000, 1_000_000];
+    let mut pipe = redis::pipe();
+    for i in 0..300 {
+        let ttl = ttls[i % ttls.len()];
+        pipe.cmd("DLOCK.ACQUIRE")
+            .arg(format!("burst:{i}"))
+            .arg(format!("w{i}"))
+            .arg(ttl);
+        pipe.cmd("DLOCK.ACQUIRE")
+            .arg("burst:shared")
+            .arg(format!("r{}", i % 7))
+            .arg(ttl)
+            .arg("SHARED")
+            .ignore();
+    }
+    let tokens: Vec<i64> = pipe.query(&mut m).unwrap();
+    assert_eq!(tokens.len(), 300);
+    wait_for_replica(&mut m);
+    let expiry =
+        |c: &mut Connection, key: &str| -> i64 { cmd("PEXPIRETIME").arg(key).query(c).unwrap() };
+    let mut lease_ends = std::collections::BTreeSet::new();
+    for (i, token) in tokens.iter().enumerate() {
+        let key = format!("burst:{i}");
+        let on_master = expiry(&mut m, &key);
+        assert_eq!(expiry(&mut r, &key), on_master, "{key}");
+        assert_eq!(info(&mut r, &key).map(|i| i.1), Some(*token), "{key}");
+        lease_ends.insert(on_master - ttls[i % ttls.len()]);
+    }
+    // The burst took few milliseconds: most grants shared theirs with the one before.
+    assert!(lease_ends.len() < 100, "{} milliseconds", lease_ends.len());
+    let shared = holders_without_ttl(&mut m, &["burst:shared"]);
+    assert_eq!(shared.concat().len(), 7);
+    assert_eq!(holders_without_ttl(&mut r, &["burst:shared"]), shared);
+    let digest_before = digest(&mut m);
+    assert_eq!(digest(&mut r), digest_before);
+
+    drop(m);
+    master.kill9();
+    master.restart();
+    let mut m = master.client();
+    assert_eq!(digest(&mut m), digest_before);
+}
+
 #[test]
 fn a_promoted_replica_that_missed_grants_never_reissues_their_tokens() {
     let mut master = Server::start();
