@@ -217,9 +217,9 @@ fn busy(
     now: i64,
     busy_until: Option<i64>,
 ) -> RedisResult {
-    let can_block = !ctx.get_flags().contains(ContextFlags::DENY_BLOCKING);
     match args.wait {
-        Some(timeout_ms) if can_block => {
+        // Asked only of a request that would wait: the flags cost a call into the server.
+        Some(timeout_ms) if !ctx.get_flags().contains(ContextFlags::DENY_BLOCKING) => {
             let wait = Wait {
                 owner,
                 generated: matches!(args.owner, Owner::Generated),
