@@ -39,6 +39,7 @@ mod common;
 mod contention;
 mod expiry;
 mod holders;
+mod instructions;
 mod memory;
 mod modes;
 mod quorum;
@@ -91,6 +92,8 @@ pub struct Sizes {
     pub keepalive_leases: usize,
     pub keepalive_ttl_ms: u64,
     pub install_baselines: bool,
+    /// Requests a callgrind'ed server serves per count (and twice as many).
+    pub instruction_requests: u64,
 }
 
 const FULL: Sizes = Sizes {
@@ -116,6 +119,7 @@ const FULL: Sizes = Sizes {
     keepalive_leases: 1_000,
     keepalive_ttl_ms: 10_000,
     install_baselines: true,
+    instruction_requests: 20_000,
 };
 
 const SMOKE: Sizes = Sizes {
@@ -141,6 +145,7 @@ const SMOKE: Sizes = Sizes {
     keepalive_leases: 50,
     keepalive_ttl_ms: 600,
     install_baselines: false,
+    instruction_requests: 320,
 };
 
 /// Hold `count` locks `{prefix}{i:0width}` the way each side takes them.
@@ -200,11 +205,16 @@ struct Section {
     run: fn(&Server, &mut Connection, &Sizes, &mut Vec<report::Figure>),
 }
 
-const SECTIONS: [Section; 10] = [
+const SECTIONS: [Section; 11] = [
     Section {
         name: "throughput",
         what: "redis-benchmark: ACQUIRE/RELEASE/EXTEND/GUARD vs SET NX PX and the EVALSHA scripts",
         run: throughput::throughput,
+    },
+    Section {
+        name: "instructions",
+        what: "callgrind: instructions per ACQUIRE, FLOOR.ACQUIRE and SET NX PX request",
+        run: |_, _, sizes, figures| instructions::instructions(sizes, figures),
     },
     Section {
         name: "memory",

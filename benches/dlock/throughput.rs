@@ -23,7 +23,7 @@ const LUA_TOKEN: &str = "4242";
 /// one owner for all (`OWNER`), `ACQUIRE` would re-enter every key drawn again (about 37% of
 /// the requests over a keyspace as large as the run): a grant, replicated and announced, set
 /// against `SET NX` refusing. Substituted, it is as long as `OWNER`: 32 bytes.
-const CLIENT_OWNER: &str = "owner:__rand_int__:0123456789abc";
+pub const CLIENT_OWNER: &str = "owner:__rand_int__:0123456789abc";
 
 /// The server's user + system CPU time so far, in clock ticks (10 ms).
 fn server_cpu_ticks(server: &Server) -> f64 {
@@ -104,9 +104,8 @@ struct Pair {
     base: Vec<String>,
 }
 
-/// The floor module (`benches/floor`, built by `make bench` and `make test`): what the
-/// module API alone costs for a new lock key. Loaded into the bench's server when built.
-fn load_floor(c: &mut Connection) -> bool {
+/// The floor module's library, when built (it is not, says so).
+pub fn floor_module_path() -> Option<std::path::PathBuf> {
     let path =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/libdlock_floor.so");
     if !path.exists() {
@@ -114,8 +113,17 @@ fn load_floor(c: &mut Connection) -> bool {
             "   no floor module at {} (cargo build --release -p dlock-floor): skipping FLOOR.ACQUIRE",
             path.display()
         );
-        return false;
+        return None;
     }
+    Some(path)
+}
+
+/// The floor module (`benches/floor`, built by `make bench` and `make test`): what the
+/// module API alone costs for a new lock key. Loaded into the bench's server when built.
+fn load_floor(c: &mut Connection) -> bool {
+    let Some(path) = floor_module_path() else {
+        return false;
+    };
     let loaded: Result<(), _> = cmd("MODULE")
         .arg("LOAD")
         .arg(path.to_string_lossy().as_ref())
