@@ -12,14 +12,14 @@ use std::time::{Duration, Instant};
 
 use super::common::{Connection, cmd, free_port, module_path};
 use super::report::Figure;
-use super::throughput::{CLIENT_OWNER, floor_module_path, run_redis_benchmark};
+use super::throughput::{CLIENT_OWNER, RANDOM_KEY, floor_module_path, run_redis_benchmark};
 use super::{Sizes, TTL_MS};
 
 /// The pipeline depth of the throughput section; request counts are multiples of it, so that
 /// redis-benchmark sends exactly as many as asked.
 const PIPELINE: u64 = 32;
 
-/// The key a one-key run draws every time (`lock:__rand_int__` with a keyspace of 1).
+/// The key a one-key run draws every time (`RANDOM_KEY` with a keyspace of 1).
 const ONE_KEY: &str = "lock:000000000000";
 
 /// A redis-server running under callgrind, its counts written to `out` when it shuts down.
@@ -109,7 +109,7 @@ fn per_request(
             let first: Vec<&str> = words
                 .iter()
                 .map(|w| match *w {
-                    "lock:__rand_int__" => ONE_KEY,
+                    RANDOM_KEY => ONE_KEY,
                     CLIENT_OWNER => owner,
                     w => w,
                 })
@@ -135,7 +135,7 @@ pub fn instructions(sizes: &Sizes, figures: &mut Vec<Figure>) {
     std::fs::create_dir_all(&dir).expect("create the callgrind directory");
     let requests = sizes.instruction_requests.div_ceil(PIPELINE) * PIPELINE;
     let ttl = TTL_MS.to_string();
-    let key = "lock:__rand_int__";
+    let key = RANDOM_KEY;
     let commands = [
         vec!["SET", key, CLIENT_OWNER, "NX", "PX", &ttl],
         vec!["FLOOR.ACQUIRE", key, CLIENT_OWNER, &ttl],

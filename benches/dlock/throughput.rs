@@ -24,6 +24,8 @@ const LUA_TOKEN: &str = "4242";
 /// the requests over a keyspace as large as the run): a grant, replicated and announced, set
 /// against `SET NX` refusing. Substituted, it is as long as `OWNER`: 32 bytes.
 pub const CLIENT_OWNER: &str = "owner:__rand_int__:0123456789abc";
+/// A lock key drawn at random from the run's keyspace.
+pub const RANDOM_KEY: &str = "lock:__rand_int__";
 
 /// The server's user + system CPU time so far, in clock ticks (10 ms).
 fn server_cpu_ticks(server: &Server) -> f64 {
@@ -104,7 +106,7 @@ struct Pair {
     base: Vec<String>,
 }
 
-/// The floor module's library, when built (it is not, says so).
+/// The floor module's library; `None`, said so, when it is not built.
 pub fn floor_module_path() -> Option<std::path::PathBuf> {
     let path =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/libdlock_floor.so");
@@ -160,7 +162,7 @@ fn round_server(floor: bool) -> (Server, Connection) {
 pub fn throughput(server: &Server, c: &mut Connection, sizes: &Sizes, figures: &mut Vec<Figure>) {
     let floor_module = load_floor(c);
     let [release_sha, extend_sha, guard_sha] = load_scripts(c);
-    let key = "lock:__rand_int__";
+    let key = RANDOM_KEY;
     let words = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let ttl = TTL_MS.to_string();
     let pairs = [
