@@ -1,14 +1,16 @@
 //! The lifecycle chaos test: clients lock at random while Redis's own operations happen to
 //! the servers — pauses, FAILOVER and back, CLIENT UNBLOCK and KILL on waiters, DEBUG SLEEP,
 //! SWAPDB, FLUSHALL ASYNC, MOVE, RENAME, PERSIST/PEXPIRE on locks, eviction, replica link cuts,
-//! split brain, boundary ttls and timeouts — and after every step the rules are checked:
+//! split brain, boundary ttls and timeouts, crowds of waiters beyond those Redis blocks on the
+//! key (parked) — and after every step the rules are checked:
 //!
 //! - both servers answer;
 //! - at most one exclusive holder per key (no other owner beside it), never more permits than
 //!   a semaphore's limit;
 //! - every blocked command gets exactly one reply (the next command on its connection gets
 //!   its own), and a waiter told it was not granted holds nothing;
-//! - no waiter stays blocked on a free lock;
+//! - no waiter stays blocked on a free lock, and once every hold is released (every 200
+//!   steps) every waiter gets its answer;
 //! - once the replica has caught up, its `DEBUG DIGEST` equals the master's;
 //! - no token is handed to two owners, on either server, and fresh tokens only grow (until a
 //!   split brain, after which two masters grant side by side).
@@ -29,6 +31,9 @@ const KEYS: [&str; 4] = ["{c}k0", "{c}k1", "{c}k2", "{c}k3"];
 const OWNERS: [&str; 4] = ["o0", "o1", "o2", "o3"];
 const LIMIT: i64 = 3;
 const MAX_MS: i64 = 1 << 40;
+/// Waiters of one key that Redis blocks on the key itself; a crowd is larger.
+const KEYED_WAITERS: u64 = 32;
+const CROWD: u64 = KEYED_WAITERS + 4;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Mode {
@@ -244,11 +249,65 @@ impl Chaos {
     fn wait(&mut self) {
         self.count("acquire WAIT");
         let key = self.rng.pick(&KEYS).to_string();
-        self.next_waiter += 1;
-        let owner = format!("w{}", self.next_waiter);
-        let mode = self.mode();
         let ttl = self.ttl();
         let timeout = *self.rng.pick(&[0, 0, 20, 200, 2_000, MAX_MS]);
+        let mode = self.mode();
+        self.wait_on(key, mode, ttl, timeout);
+    }
+
+    /// More waiters on one key than Redis blocks on the key itself (dlock's first 32): the
+    /// rest are parked, and dlock alone grants them, times them out and turns them away, under
+    /// whatever the servers go through next. Short leases and timeouts let the crowd drain.
+    fn crowd(&mut self) {
+        self.count("crowd of waiters");
+        let key = *self.rng.pick(&KEYS);
+        let owner = *self.rng.pick(&OWNERS);
+        let mut c = self.master().client();
+        // The crowd asks for what the key is (a waiter of the wrong type is refused at once),
+        // behind a hold of all of it.
+        let semaphore = info_fields(&mut c, key)
+            .is_some_and(|fields| fields.iter().any(|(n, v)| n == "mode" && v == "semaphore"));
+        let (hold, modes) = if semaphore {
+            (
+                Mode::Semaphore(LIMIT),
+                [Mode::Semaphore(1), Mode::Semaphore(2)],
+            )
+        } else {
+            (Mode::Exclusive, [Mode::Exclusive, Mode::Shared])
+        };
+        let mut command = cmd("DLOCK.ACQUIRE");
+        command.arg(key).arg(owner).arg(1_000);
+        hold.args(&mut command);
+        let held: RedisResult<Value> = command.query(&mut c);
+        if let Some(token) = held.as_ref().ok().and_then(token_of) {
+            self.granted(key, owner, token);
+        }
+        for _ in 0..CROWD + self.rng.below(8) {
+            let mode = *self.rng.pick(&modes);
+            let ttl = *self.rng.pick(&[1, 30, 100]);
+            let timeout = *self.rng.pick(&[0, 20, 200, 2_000]);
+            self.wait_on(key.to_string(), mode, ttl, timeout);
+        }
+        let deadline = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < deadline {
+            let waiting = info_fields(&mut c, key).and_then(|fields| {
+                fields
+                    .into_iter()
+                    .find(|(name, _)| name == "waiters")
+                    .and_then(|(_, v)| v.parse::<u64>().ok())
+            });
+            if waiting.is_some_and(|w| w > KEYED_WAITERS) {
+                self.count("crowd parked");
+                break;
+            }
+            thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// `ACQUIRE key ... WAIT timeout` on a connection of its own, whose thread reads the reply.
+    fn wait_on(&mut self, key: String, mode: Mode, ttl: i64, timeout: i64) {
+        self.next_waiter += 1;
+        let owner = format!("w{}", self.next_waiter);
         let mut command = cmd("DLOCK.ACQUIRE");
         command.arg(&key).arg(&owner).arg(ttl);
         mode.args(&mut command);
@@ -646,6 +705,41 @@ impl Chaos {
         }
     }
 
+    /// Once nothing is held, every waiter gets its answer — the parked ones too, which only
+    /// dlock grants: release every hold (the waiters' own as they are granted) until nobody
+    /// waits.
+    fn drain_waiters(&mut self) {
+        let _ = self.admin(cmd("CLIENT").arg("UNPAUSE"));
+        self.paused_until = None;
+        let mut c = self.master().client();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            self.settle_waiters();
+            if self.waiters.is_empty() {
+                return;
+            }
+            let waiting: Vec<(&str, &str)> = self
+                .waiters
+                .iter()
+                .map(|w| (w.key.as_str(), w.owner.as_str()))
+                .collect();
+            assert!(
+                Instant::now() < deadline,
+                "with every hold released, these still wait: {waiting:?}\n{}",
+                dataset(&mut c)
+            );
+            for key in KEYS {
+                for holder in holders(&mut c, key) {
+                    let _: RedisResult<Value> = cmd("DLOCK.RELEASE")
+                        .arg(key)
+                        .arg(&holder.owner)
+                        .query(&mut c);
+                }
+            }
+            thread::sleep(Duration::from_millis(2));
+        }
+    }
+
     fn check_replica(&mut self) {
         if self.paused() {
             let _ = self.admin(cmd("CLIENT").arg("UNPAUSE"));
@@ -681,6 +775,7 @@ impl Chaos {
     fn step(&mut self, i: u64) {
         match self.rng.below(100) {
             0..=39 => self.acquire(),
+            40..=49 if self.waiters.len() < 16 && self.rng.chance(10) => self.crowd(),
             40..=49 if self.waiters.len() < 16 => self.wait(),
             40..=49 => self.acquire(),
             50..=79 => self.release_or_extend(),
@@ -694,6 +789,7 @@ impl Chaos {
             self.check_waiters_progress();
         }
         if i.is_multiple_of(200) {
+            self.drain_waiters();
             self.check_replica();
         }
     }
@@ -787,15 +883,7 @@ fn locks_stay_safe_while_redis_operations_happen_to_the_servers() {
         }
         std::panic::resume_unwind(failure);
     }
-    // Let every waiter finish: free everything until each has its answer.
-    let _ = chaos.admin(cmd("CLIENT").arg("UNPAUSE"));
-    chaos.paused_until = None;
-    wait_until_within("every waiter to answer", Duration::from_secs(30), || {
-        let _ = chaos.admin(&cmd("FLUSHALL"));
-        thread::sleep(Duration::from_millis(10));
-        chaos.settle_waiters();
-        chaos.waiters.is_empty()
-    });
+    chaos.drain_waiters();
     chaos.check_replica();
     chaos.alive();
     let mut counts: Vec<_> = chaos.counts.iter().collect();
