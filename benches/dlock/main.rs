@@ -213,7 +213,7 @@ const SECTIONS: [Section; 11] = [
     },
     Section {
         name: "instructions",
-        what: "callgrind: instructions per ACQUIRE, FLOOR.ACQUIRE and SET NX PX request",
+        what: "callgrind: instructions and estimated cycles per ACQUIRE, FLOOR.ACQUIRE and SET NX PX request",
         run: |_, _, sizes, figures| instructions::instructions(sizes, figures),
     },
     Section {
