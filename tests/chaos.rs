@@ -32,8 +32,8 @@ const OWNERS: [&str; 4] = ["o0", "o1", "o2", "o3"];
 const LIMIT: i64 = 3;
 const MAX_MS: i64 = 1 << 40;
 /// Waiters of one key that Redis blocks on the key itself; a crowd is larger.
-const KEYED_WAITERS: u64 = 32;
-const CROWD: u64 = KEYED_WAITERS + 4;
+const KEYED_WAITERS: i64 = 32;
+const CROWD: u64 = KEYED_WAITERS.unsigned_abs() + 4;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Mode {
@@ -290,13 +290,7 @@ impl Chaos {
         }
         let deadline = Instant::now() + Duration::from_millis(500);
         while Instant::now() < deadline {
-            let waiting = info_fields(&mut c, key).and_then(|fields| {
-                fields
-                    .into_iter()
-                    .find(|(name, _)| name == "waiters")
-                    .and_then(|(_, v)| v.parse::<u64>().ok())
-            });
-            if waiting.is_some_and(|w| w > KEYED_WAITERS) {
+            if waiters(&mut c, key) > KEYED_WAITERS {
                 self.count("crowd parked");
                 break;
             }
@@ -730,10 +724,7 @@ impl Chaos {
             );
             for key in KEYS {
                 for holder in holders(&mut c, key) {
-                    let _: RedisResult<Value> = cmd("DLOCK.RELEASE")
-                        .arg(key)
-                        .arg(&holder.owner)
-                        .query(&mut c);
+                    release(&mut c, key, &holder.owner);
                 }
             }
             thread::sleep(Duration::from_millis(2));
