@@ -32,7 +32,7 @@ lint:
 test: build lint
 	$(CARGO) build --release -p dlock-floor
 	$(CARGO) bench --bench dlock -- --smoke
-	$(CARGO) test --release --workspace
+	$(CARGO) test --profile tests --workspace
 
 # dlock against SET NX PX, the Lua recipes and polling clients on one server, and its Python
 # and Rust clients against other lock libraries, as ratios (about 15 minutes on 2 cores).
@@ -47,7 +47,7 @@ bench: build
 # FAKETIME_SERVER=path/to/redis-server (built with MALLOC=libc; needs the faketime package)
 # adds the quorum checker's clock-offset fault.
 torture: build
-	DLOCK_TORTURE=1 FAKETIME_SERVER=$(FAKETIME_SERVER) $(CARGO) test --release --test reliability --test chaos --test quorum -- --nocapture --test-threads=1
+	DLOCK_TORTURE=1 FAKETIME_SERVER=$(FAKETIME_SERVER) $(CARGO) test --profile tests --test reliability --test chaos --test quorum -- --nocapture --test-threads=1
 
 # The whole suite against each server in SERVERS (or under COMPAT_DIR), as a matrix.
 compat: build

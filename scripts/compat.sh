@@ -19,7 +19,7 @@ failed_any=0
 for server in $servers; do
     version=$("$server" --version 2>/dev/null | sed -n 's/^\([A-Za-z]*\) server v=\([^ ]*\).*/\1 \2/p')
     log=$(mktemp)
-    REDIS_SERVER="$server" cargo test --release --no-fail-fast >"$log" 2>&1
+    REDIS_SERVER="$server" cargo test --profile tests --no-fail-fast >"$log" 2>&1
     passed=$(sed -n 's/^test result: [a-zA-Z]*\. \([0-9]*\) passed.*/\1/p' "$log" | awk '{s+=$1} END {print s+0}')
     failed=$(sed -n 's/^test result: .* \([0-9]*\) failed.*/\1/p' "$log" | awk '{s+=$1} END {print s+0}')
     if ! grep -q "^test result" "$log" || [ "$failed" != 0 ]; then
@@ -38,7 +38,7 @@ if [ -n "${UPGRADE_CHAINS:-}" ]; then
     echo
     echo "$UPGRADE_CHAINS" | tr ';' '\n' | while read -r chain; do
         [ -n "$chain" ] || continue
-        if DLOCK_UPGRADE_CHAIN="$chain" cargo test --release --test persistence -- --ignored >/dev/null 2>&1; then
+        if DLOCK_UPGRADE_CHAIN="$chain" cargo test --profile tests --test persistence -- --ignored >/dev/null 2>&1; then
             echo "upgrade ok: $chain"
         else
             echo "upgrade FAILED: $chain"

@@ -655,7 +655,7 @@ fn a_rewritten_aof_holds_a_command_per_64_holds_and_replays_in_linear_time() {
     );
 }
 
-/// `cargo test --release --test loading -- --ignored --nocapture`: the numbers in the README.
+/// `cargo test --profile tests --test loading -- --ignored --nocapture`: the numbers in the README.
 #[test]
 #[ignore = "a measurement, not a check: prints AOF replay and RDB load times"]
 fn measure_aof_replay_against_rdb_load() {
