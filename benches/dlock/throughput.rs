@@ -121,7 +121,8 @@ pub fn floor_module_path() -> Option<std::path::PathBuf> {
 }
 
 /// The floor module (`benches/floor`, built by `make bench` and `make test`): what the
-/// module API alone costs for a new lock key. Loaded into the bench's server when built.
+/// module API alone costs for a new lock key, its grant replied and replicated with a token
+/// as `ACQUIRE`'s is. Loaded into the bench's server when built.
 fn load_floor(c: &mut Connection) -> bool {
     let Some(path) = floor_module_path() else {
         return false;

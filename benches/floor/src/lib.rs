@@ -3,15 +3,22 @@
 //! (the owner), set its expiry, reply, replicate one command — and replies nil when the key
 //! exists. Whatever `DLOCK.ACQUIRE` costs above this is dlock's own.
 //!
-//! The one command replicated is the effect, `FLOOR.APPLY key owner lease_end_ms`, built with
-//! `RedisModule_Replicate`: the lease end comes from the master's clock, so replicating the
+//! The one command replicated is the effect, `FLOOR.APPLY key owner token lease_end_ms`, built
+//! with `RedisModule_Replicate`: the lease end comes from the master's clock, so replicating the
 //! command verbatim (cheaper) would let each replica decide its own. Registered like dlock's
 //! commands (raw arguments, no argument vector built).
 
 use std::os::raw::{c_int, c_void};
 use std::ptr;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use redis_module::{Context, RedisString, Status, raw, redis_module};
+
+/// The last token granted. ACQUIRE replies with a fencing token and replicates it, so the
+/// floor does too, with a number like dlock's: growing, and as long (wall-clock milliseconds
+/// times 256 at load, 15 digits), where a constant reply would be a shared object that costs
+/// Redis no formatting.
+static TOKEN: AtomicI64 = AtomicI64::new(0);
 
 static mut FLOOR_TYPE: *mut raw::RedisModuleType = ptr::null_mut();
 
@@ -121,14 +128,15 @@ fn arguments<'a>(
     ctx: *mut raw::RedisModuleCtx,
     argv: *mut *mut raw::RedisModuleString,
     argc: c_int,
+    expected: usize,
 ) -> Option<&'a [*mut raw::RedisModuleString]> {
-    if argc != 4 {
+    if usize::try_from(argc) != Ok(expected) {
         if let Some(wrong_arity) = unsafe { raw::RedisModule_WrongArity } {
             unsafe { wrong_arity(ctx) };
         }
         return None;
     }
-    Some(unsafe { std::slice::from_raw_parts(argv, 4) })
+    Some(unsafe { std::slice::from_raw_parts(argv, expected) })
 }
 
 unsafe extern "C" fn acquire(
@@ -137,7 +145,7 @@ unsafe extern "C" fn acquire(
     argc: c_int,
 ) -> c_int {
     let ok = raw::REDISMODULE_OK as c_int;
-    let Some(args) = arguments(ctx, argv, argc) else {
+    let Some(args) = arguments(ctx, argv, argc, 4) else {
         return ok;
     };
     let (Some(api), Some(replicate), Some(milliseconds), Some(reply_null), Some(reply_error)) = (
@@ -157,38 +165,44 @@ unsafe extern "C" fn acquire(
     if !set(&api, ctx, args[1], bytes(args[2]), lease_end) {
         return unsafe { reply_null(ctx) };
     }
-    let digits = lease_end.to_string();
+    let token = TOKEN.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+    let (token_digits, digits) = (token.to_string(), lease_end.to_string());
     unsafe {
         replicate(
             ctx,
             c"FLOOR.APPLY".as_ptr(),
-            c"ssb".as_ptr(),
+            c"ssbb".as_ptr(),
             args[1],
             args[2],
+            token_digits.as_ptr(),
+            token_digits.len(),
             digits.as_ptr(),
             digits.len(),
         );
-        (api.reply_ll)(ctx, 1)
+        (api.reply_ll)(ctx, token)
     }
 }
 
-/// `FLOOR.APPLY key owner lease_end_ms`: the effect replicas and the AOF receive.
+/// `FLOOR.APPLY key owner token lease_end_ms`: the effect replicas and the AOF receive.
 unsafe extern "C" fn apply(
     ctx: *mut raw::RedisModuleCtx,
     argv: *mut *mut raw::RedisModuleString,
     argc: c_int,
 ) -> c_int {
     let ok = raw::REDISMODULE_OK as c_int;
-    let Some(args) = arguments(ctx, argv, argc) else {
+    let Some(args) = arguments(ctx, argv, argc, 5) else {
         return ok;
     };
     let (Some(api), Some(verbatim)) = (api(), unsafe { raw::RedisModule_ReplicateVerbatim }) else {
         return ok;
     };
-    let mut lease_end: i64 = 0;
-    if unsafe { (api.to_ll)(args[3], &mut lease_end) } != ok {
+    let (mut token, mut lease_end): (i64, i64) = (0, 0);
+    if unsafe { (api.to_ll)(args[3], &mut token) } != ok
+        || unsafe { (api.to_ll)(args[4], &mut lease_end) } != ok
+    {
         return unsafe { (api.reply_ll)(ctx, 0) };
     }
+    TOKEN.fetch_max(token, Ordering::Relaxed);
     let applied = set(&api, ctx, args[1], bytes(args[2]), lease_end);
     unsafe {
         verbatim(ctx);
@@ -197,6 +211,13 @@ unsafe extern "C" fn apply(
 }
 
 fn init(ctx: &Context, _args: &[RedisString]) -> Status {
+    let Some(milliseconds) = (unsafe { raw::RedisModule_Milliseconds }) else {
+        return Status::Err;
+    };
+    TOKEN.store(
+        unsafe { milliseconds() }.saturating_mul(256),
+        Ordering::Relaxed,
+    );
     let mut methods = raw::RedisModuleTypeMethods {
         version: raw::REDISMODULE_TYPE_METHOD_VERSION as u64,
         rdb_load: Some(rdb_load),
