@@ -125,9 +125,7 @@ fn grant_free(
     };
     key.insert(lock)?;
     // One hold, no waiters: the key's own expiry ends the lease; no timer entry is needed.
-    if timers::any_serving() {
-        timers::forget(site.db, site.key.as_bytes());
-    }
+    forget_timer(site);
     granted(site, request, state, Turn::Command { queued: false });
     key.commit_lease(lease_end);
     Ok(Ok(Outcome::Granted(state)))
@@ -420,18 +418,27 @@ fn watch(site: Site, lock: &Lock, now: i64, waiters: bool) {
     }
     // One hold: its lease is the key's, which Redis expires by itself.
     if lock.len() < 2 && !waiters {
-        timers::forget(site.db, site.key.as_bytes());
+        forget_timer(site);
         return;
     }
     let (Some(next), Some(last)) = (lock.next_lease_end(now), lock.expires_at()) else {
         if !waiters {
-            timers::forget(site.db, site.key.as_bytes());
+            forget_timer(site);
         }
         return;
     };
     if waiters || next < last {
         timers::serve_at(site.ctx.get_raw(), site.db, site.key.as_bytes(), next);
     } else {
+        forget_timer(site);
+    }
+}
+
+/// Drop the key's timer entry, if it has one. The key's name is read (a call into the
+/// server) only while some key has an entry: a refusal, the commonest request after a grant,
+/// passes here every time.
+fn forget_timer(site: Site) {
+    if timers::any_serving() {
         timers::forget(site.db, site.key.as_bytes());
     }
 }
