@@ -1,10 +1,14 @@
-//! Instructions per request, counted by callgrind: what a request costs the server, exactly
-//! and the same on every run, where throughput on a shared machine moves by several percent
-//! between runs and more between server processes. `ACQUIRE`, the floor module and `SET NX
-//! PX` each serve the throughput section's pipelined requests (50 connections, 32 deep, an
-//! owner per request) under `valgrind --tool=callgrind`, once N requests and once 2N on a
-//! server of their own; the difference over N is the cost of one request, start-up and
-//! shut-down cancelled out.
+//! Instructions per request, counted by callgrind: what a request costs the server, the
+//! same from run to run up to what a server process draws at start, where throughput on a
+//! shared machine moves by several percent between runs and more between server processes.
+//! `ACQUIRE`, the floor module and `SET NX PX` each serve the throughput section's pipelined
+//! requests (50 connections, 32 deep, an owner per request) under `valgrind
+//! --tool=callgrind`: N requests to warm the server, then its counts zeroed, N more, and its
+//! counts dumped (`callgrind_control`), so that one process counts exactly the measured
+//! requests. Each cost is the median over several server processes: Redis seeds its hash
+//! functions at random when it starts, and how far down its command table's buckets a
+//! command's name lands moves the cost of looking it up, once per request and again in
+//! `RedisModule_Replicate`, by hundreds of instructions from one process to the next.
 //!
 //! Instructions alone miss what a request's code costs in the instruction cache: callgrind
 //! also simulates the caches (the host's sizes), and the section gives the cycles it
@@ -27,7 +31,7 @@ const PIPELINE: u64 = 32;
 /// The key a one-key run draws every time (`RANDOM_KEY` with a keyspace of 1).
 const ONE_KEY: &str = "lock:000000000000";
 
-/// A redis-server running under callgrind, its counts written to `out` when it shuts down.
+/// A redis-server running under callgrind; `count` writes what it ran to `out`.1.
 struct Counted {
     child: Child,
     port: u16,
@@ -39,6 +43,7 @@ impl Counted {
         let port = free_port();
         let out = dir.join(format!("callgrind.{name}.out"));
         let _ = std::fs::remove_file(&out);
+        let _ = std::fs::remove_file(out.with_extension("out.1"));
         let server = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
         let mut command = Command::new("valgrind");
         command
@@ -82,14 +87,35 @@ impl Counted {
         Ok(c)
     }
 
-    /// Shut the server down and read what it ran.
-    fn total(mut self) -> Cost {
+    /// Zero the server's counts, run `requests` of `words`, and read what the server ran
+    /// for them.
+    fn count(&self, keyspace: u64, requests: u64, words: &[&str]) -> Cost {
+        self.control("-z");
+        run_redis_benchmark(self.port, false, keyspace, PIPELINE as u32, requests, words);
+        self.control("-d");
+        let dump = self.out.with_extension("out.1");
+        let counts = std::fs::read_to_string(&dump).unwrap_or_default();
+        Cost::parse(&counts).unwrap_or_else(|| panic!("no totals in {}", dump.display()))
+    }
+
+    /// Send callgrind a command (`-z` zero, `-d` dump) and wait for it to be done.
+    fn control(&self, command: &str) {
+        let status = Command::new("callgrind_control")
+            .arg(command)
+            .arg(self.child.id().to_string())
+            .stdout(Stdio::null())
+            .status()
+            .expect("run callgrind_control (it comes with valgrind)");
+        assert!(status.success(), "callgrind_control {command} failed");
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
         if let Ok(mut c) = self.client() {
             let _: redis::RedisResult<()> = cmd("SHUTDOWN").arg("NOSAVE").query(&mut c);
         }
         let _ = self.child.wait();
-        let counts = std::fs::read_to_string(&self.out).unwrap_or_default();
-        Cost::parse(&counts).unwrap_or_else(|| panic!("no totals in {}", self.out.display()))
     }
 }
 
@@ -134,12 +160,25 @@ impl Cost {
         })
     }
 
-    /// Per request: (`more` - `less`) / `requests`.
-    fn per_request(less: Cost, more: Cost, requests: u64) -> Cost {
+    /// Per request, of `requests`.
+    fn per_request(self, requests: u64) -> Cost {
         let n = requests as f64;
         Cost {
-            instructions: (more.instructions - less.instructions) / n,
-            cycles: (more.cycles - less.cycles) / n,
+            instructions: self.instructions / n,
+            cycles: self.cycles / n,
+        }
+    }
+
+    /// The median of each figure.
+    fn median(costs: &[Cost]) -> Cost {
+        let middle = |of: fn(&Cost) -> f64| {
+            let mut values: Vec<f64> = costs.iter().map(of).collect();
+            values.sort_by(f64::total_cmp);
+            values.get(values.len() / 2).copied().unwrap_or_default()
+        };
+        Cost {
+            instructions: middle(|c| c.instructions),
+            cycles: middle(|c| c.cycles),
         }
     }
 
@@ -151,38 +190,47 @@ impl Cost {
     }
 }
 
-/// The cost of one request of `words` over `keyspace` random keys; `held_by` takes the one
-/// key of a one-key run first, as another owner.
+/// The cost of one request of `words` over `keyspace` random keys, the median over
+/// `processes` servers; `held_by` takes the one key of a one-key run first, as another owner.
 fn per_request(
     dir: &Path,
     floor: Option<&Path>,
     words: &[&str],
-    keyspace: u64,
-    requests: u64,
+    (keyspace, requests, processes): (u64, u64, usize),
     held_by: Option<&str>,
 ) -> Cost {
-    let mut totals = [Cost::default(); 2];
-    for (total, n) in totals.iter_mut().zip([requests, 2 * requests]) {
-        let server = Counted::start(dir, &format!("{}.{n}", words[0]), floor);
-        if let Some(owner) = held_by {
-            let mut c = server.client().expect("connect to the counted server");
-            let first: Vec<&str> = words
-                .iter()
-                .map(|w| match *w {
-                    RANDOM_KEY => ONE_KEY,
-                    CLIENT_OWNER => owner,
-                    w => w,
-                })
-                .collect();
-            let _: redis::Value = cmd(first[0])
-                .arg(&first[1..])
-                .query(&mut c)
-                .expect("take the key");
-        }
-        run_redis_benchmark(server.port, false, keyspace, PIPELINE as u32, n, words);
-        *total = server.total();
-    }
-    Cost::per_request(totals[0], totals[1], requests)
+    let costs: Vec<Cost> = (0..processes)
+        .map(|process| {
+            let server = Counted::start(dir, &format!("{}.{process}", words[0]), floor);
+            if let Some(owner) = held_by {
+                let mut c = server.client().expect("connect to the counted server");
+                let first: Vec<&str> = words
+                    .iter()
+                    .map(|w| match *w {
+                        RANDOM_KEY => ONE_KEY,
+                        CLIENT_OWNER => owner,
+                        w => w,
+                    })
+                    .collect();
+                let _: redis::Value = cmd(first[0])
+                    .arg(&first[1..])
+                    .query(&mut c)
+                    .expect("take the key");
+            }
+            run_redis_benchmark(
+                server.port,
+                false,
+                keyspace,
+                PIPELINE as u32,
+                requests,
+                words,
+            );
+            server
+                .count(keyspace, requests, words)
+                .per_request(requests)
+        })
+        .collect();
+    Cost::median(&costs)
 }
 
 pub fn instructions(sizes: &Sizes, figures: &mut Vec<Figure>) {
@@ -211,7 +259,13 @@ pub fn instructions(sizes: &Sizes, figures: &mut Vec<Figure>) {
                 continue;
             }
             let floor = floor.as_deref();
-            *cost = Some(per_request(&dir, floor, words, keyspace, requests, held_by));
+            *cost = Some(per_request(
+                &dir,
+                floor,
+                words,
+                (keyspace, requests, sizes.instruction_processes),
+                held_by,
+            ));
         }
     }
     let _ = std::fs::remove_dir_all(&dir);

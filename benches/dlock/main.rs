@@ -92,8 +92,10 @@ pub struct Sizes {
     pub keepalive_leases: usize,
     pub keepalive_ttl_ms: u64,
     pub install_baselines: bool,
-    /// Requests a callgrind'ed server serves per count (and twice as many).
+    /// Requests a callgrind'ed server serves to warm, then as many to count.
     pub instruction_requests: u64,
+    /// Server processes each instruction count is the median of.
+    pub instruction_processes: usize,
 }
 
 const FULL: Sizes = Sizes {
@@ -120,6 +122,7 @@ const FULL: Sizes = Sizes {
     keepalive_ttl_ms: 10_000,
     install_baselines: true,
     instruction_requests: 20_000,
+    instruction_processes: 3,
 };
 
 const SMOKE: Sizes = Sizes {
@@ -146,6 +149,7 @@ const SMOKE: Sizes = Sizes {
     keepalive_ttl_ms: 600,
     install_baselines: false,
     instruction_requests: 320,
+    instruction_processes: 1,
 };
 
 /// Hold `count` locks `{prefix}{i:0width}` the way each side takes them.
