@@ -27,7 +27,8 @@
 //! It prints a table and writes the same figures to `target/bench/latest.json`, and the
 //! contention, expiry and throughput sections draw their charts beside it (`*.svg`).
 //! `-- --smoke` runs everything on tiny sizes in seconds (CI uses it to keep this working);
-//! `-- --only SECTION` runs one section at full size (`--only` alone lists them). Each section
+//! `-- --only SECTION` runs one section at full size (`--only` alone lists them), `-- --rounds
+//! N` takes N rounds where a section takes rounds (3 by default). Each section
 //! is announced with what it runs and how long it took last time, and reports its progress
 //! every 10 s.
 
@@ -58,6 +59,7 @@ use common::{Connection, Server, cmd};
 pub const OWNER: &str = "0123456789abcdef0123456789abcdef";
 pub const TTL_MS: i64 = 600_000;
 
+#[derive(Clone, Copy)]
 pub struct Sizes {
     pub rounds: usize,
     /// Random keys for the throughput runs.
@@ -322,7 +324,17 @@ fn main() {
         }
         std::process::exit(2);
     }
-    let sizes = if smoke { &SMOKE } else { &FULL };
+    let mut sizes = if smoke { SMOKE } else { FULL };
+    if let Some(i) = args.iter().position(|a| a == "--rounds") {
+        match args.get(i + 1).and_then(|n| n.parse::<usize>().ok()) {
+            Some(rounds) if rounds > 0 => sizes.rounds = rounds,
+            _ => {
+                eprintln!("--rounds takes a number of rounds, 1 or more");
+                std::process::exit(2);
+            }
+        }
+    }
+    let sizes = &sizes;
     let server = bench_server();
     let mut c = server.client();
     let version = report::redis_version(&mut c);
