@@ -196,7 +196,9 @@ fn per_request(
     dir: &Path,
     floor: Option<&Path>,
     words: &[&str],
-    (keyspace, requests, processes): (u64, u64, usize),
+    keyspace: u64,
+    requests: u64,
+    processes: usize,
     held_by: Option<&str>,
 ) -> Cost {
     let costs: Vec<Cost> = (0..processes)
@@ -263,7 +265,9 @@ pub fn instructions(sizes: &Sizes, figures: &mut Vec<Figure>) {
                 &dir,
                 floor,
                 words,
-                (keyspace, requests, sizes.instruction_processes),
+                keyspace,
+                requests,
+                sizes.instruction_processes,
                 held_by,
             ));
         }
