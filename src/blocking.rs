@@ -130,11 +130,11 @@ fn with_registry<T: Default>(f: impl FnOnce(&mut Registry) -> T) -> T {
     local::with(&REGISTRY, f)
 }
 
-/// Whether clients wait for `key` in database `db`. Every client a queue counts as waiting
+/// Whether clients wait for the site's key. Every client a queue counts as waiting
 /// is one `WAITERS` counts, until `settle` takes it out of both: with none blocked, no queue
 /// need be looked at.
-pub fn is_queued(db: c_int, key: &Arg) -> bool {
-    metrics::WAITERS.get() > 0 && waiting(db, key.as_bytes()) > 0
+pub fn is_queued(site: &Site) -> bool {
+    metrics::WAITERS.get() > 0 && waiting(site.db(), site.key.as_bytes()) > 0
 }
 
 /// How many clients wait for `key` in database `db`.
@@ -296,7 +296,7 @@ fn serve(ctx: &Context, db: c_int, key: &Arg) {
         turn_away_parked(db, name);
         return;
     }
-    let site = Site { ctx, key, db };
+    let site = Site::in_db(ctx, key, db);
     // An error is another type at the key: `offer` tells the waiters so.
     if let Ok(true) = store::serve(site, server::now_ms(), waiters, timers::BUDGET) {
         timers::serve_soon(raw_ctx, db, name);
@@ -352,7 +352,7 @@ pub fn offer(ctx: &Context, db: c_int, key: &Arg) {
             timers::serve_soon(raw_ctx, db, name);
             return;
         }
-        let site = Site { ctx, key, db };
+        let site = Site::in_db(ctx, key, db);
         match store::acquire(site, &waiter.request(), Turn::Waiter, now) {
             Ok(Ok(Outcome::Granted(state) | Outcome::Reentered(state))) => {
                 count_grant();
@@ -560,11 +560,7 @@ unsafe extern "C" fn on_key_ready(
     };
     let context = Context::new(ctx);
     let key = Arg::from_raw(ready_key);
-    let site = Site {
-        ctx: &context,
-        key: &key,
-        db: waiter.db,
-    };
+    let site = Site::in_db(&context, &key, waiter.db);
     match store::acquire(site, &waiter.request(), Turn::Waiter, now) {
         Ok(Ok(Outcome::Granted(state) | Outcome::Reentered(state))) => {
             count_grant();

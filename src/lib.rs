@@ -72,11 +72,18 @@ macro_rules! entry {
     }};
 }
 
-/// Send a command's result: an integer (a token, a count) straight to the client, anything
-/// else through the crate's general reply.
+/// Send a command's result: an integer (a token, a count) or nil (a refusal) straight to the
+/// client, anything else through the crate's general reply.
 fn reply(ctx: &Context, result: RedisResult) -> c_int {
-    match (result, unsafe { raw::RedisModule_ReplyWithLongLong }) {
-        (Ok(RedisValue::Integer(n)), Some(reply)) => unsafe { reply(ctx.get_raw(), n) },
+    let direct = unsafe {
+        (
+            raw::RedisModule_ReplyWithLongLong,
+            raw::RedisModule_ReplyWithNull,
+        )
+    };
+    match (result, direct) {
+        (Ok(RedisValue::Integer(n)), (Some(reply), _)) => unsafe { reply(ctx.get_raw(), n) },
+        (Ok(RedisValue::Null), (_, Some(reply))) => unsafe { reply(ctx.get_raw()) },
         (result, _) => ctx.reply(result) as c_int,
     }
 }

@@ -21,6 +21,7 @@ use crate::key::LockKey;
 use crate::lock::{AcquireError, Acquired, Hold, HoldState, Lock, Mode};
 use crate::metrics::{self, events};
 use crate::replicate::{self, OwnerRef};
+use crate::server;
 use crate::session;
 use crate::timers;
 use crate::token::CLOCK;
@@ -31,7 +32,44 @@ use crate::validate;
 pub struct Site<'a> {
     pub ctx: &'a Context,
     pub key: &'a Arg,
-    pub db: c_int,
+    db: Db,
+}
+
+/// The database of a site's key.
+#[derive(Clone, Copy)]
+enum Db {
+    /// The one the command's client selected, asked of the server only where it is needed (a
+    /// plain grant or refusal never needs it).
+    Selected,
+    /// Given by the timer or event that selected it.
+    Known(c_int),
+}
+
+impl<'a> Site<'a> {
+    /// A command's key, in the database its client selected.
+    pub fn selected(ctx: &'a Context, key: &'a Arg) -> Site<'a> {
+        Site {
+            ctx,
+            key,
+            db: Db::Selected,
+        }
+    }
+
+    /// A key in database `db`, already selected in `ctx`.
+    pub fn in_db(ctx: &'a Context, key: &'a Arg, db: c_int) -> Site<'a> {
+        Site {
+            ctx,
+            key,
+            db: Db::Known(db),
+        }
+    }
+
+    pub fn db(&self) -> c_int {
+        match self.db {
+            Db::Selected => server::selected_db(self.ctx.get_raw()),
+            Db::Known(db) => db,
+        }
+    }
 }
 
 /// A lease length, checked at parsing so that `now + ttl` cannot overflow.
@@ -214,7 +252,7 @@ fn bind_session(site: Site, request: &Request, state: HoldState) {
     if let Some(client) = request.session {
         session::bind(
             client,
-            site.db,
+            site.db(),
             site.key.as_bytes(),
             request.owner,
             state.token,
@@ -244,7 +282,12 @@ pub fn release(
     metrics::RELEASES.incr();
     if state.count == 0 {
         metrics::notify(site.ctx.get_raw(), events::RELEASED, site.key.raw());
-        session::unbind(site.db, site.key.as_bytes(), owner.as_bytes(), state.token);
+        session::unbind(
+            site.db(),
+            site.key.as_bytes(),
+            owner.as_bytes(),
+            state.token,
+        );
     }
     key.commit(waiters, now);
     Ok(Some(state))
@@ -314,15 +357,15 @@ pub fn serve(site: Site, now: i64, waiters: bool, budget: usize) -> Result<bool,
     let mut key = LockKey::open_write(site.ctx, site.key);
     let present = key.lock()?.is_some();
     if !present && !waiters {
-        timers::forget(site.db, name);
+        timers::forget(site.db(), name);
         // Holds of a lock that is gone cannot be ended any more.
-        session::take_ending(site.db, name, usize::MAX);
+        session::take_ending(site.db(), name, usize::MAX);
         return Ok(false);
     }
     let expiry = key.expiry();
     let lock = key.lock_or_insert()?;
     let pruned = lock.prune(now);
-    let ending = session::take_ending(site.db, name, budget);
+    let ending = session::take_ending(site.db(), name, budget);
     let mut removed = Vec::new();
     for hold in &ending {
         if let Some(state) = lock.remove(&hold.owner, hold.token) {
@@ -353,7 +396,7 @@ pub fn serve(site: Site, now: i64, waiters: bool, budget: usize) -> Result<bool,
     if ended_any || !present || stale_expiry || emptied {
         key.commit(waiters, now);
     }
-    Ok(session::has_ending(site.db, name))
+    Ok(session::has_ending(site.db(), name))
 }
 
 /// `DLOCK.APPLY`: set holds to states decided by the master (or recorded in the AOF), in
@@ -428,7 +471,7 @@ fn watch(site: Site, lock: &Lock, now: i64, waiters: bool) {
         return;
     };
     if waiters || next < last {
-        timers::serve_at(site.ctx.get_raw(), site.db, site.key.as_bytes(), next);
+        timers::serve_at(site.ctx.get_raw(), site.db(), site.key.as_bytes(), next);
     } else {
         forget_timer(site);
     }
@@ -439,7 +482,7 @@ fn watch(site: Site, lock: &Lock, now: i64, waiters: bool) {
 /// passes here every time.
 fn forget_timer(site: Site) {
     if timers::any_serving() {
-        timers::forget(site.db, site.key.as_bytes());
+        timers::forget(site.db(), site.key.as_bytes());
     }
 }
 
@@ -454,7 +497,7 @@ fn ended(site: Site, pruned: &[Hold]) {
             ..hold.state()
         };
         replicate::replicate(site.ctx, site.key, OwnerRef::Bytes(&hold.owner), removed);
-        session::unbind(site.db, site.key.as_bytes(), &hold.owner, hold.token);
+        session::unbind(site.db(), site.key.as_bytes(), &hold.owner, hold.token);
     }
     metrics::LEASES_EXPIRED.add(pruned.len() as u64);
     metrics::notify(site.ctx.get_raw(), events::EXPIRED, site.key.raw());

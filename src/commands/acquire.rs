@@ -157,13 +157,8 @@ pub fn run(ctx: &Context, args: &[Arg]) -> RedisResult {
             (&generated[..], OwnerRef::Bytes(&generated))
         }
     };
-    let db = server::selected_db(raw_ctx);
-    let queued = blocking::is_queued(db, args.key);
-    let site = Site {
-        ctx,
-        key: args.key,
-        db,
-    };
+    let site = Site::selected(ctx, args.key);
+    let queued = blocking::is_queued(&site);
     let request = Request {
         owner,
         owner_string: owner_ref,
@@ -184,6 +179,8 @@ pub fn run(ctx: &Context, args: &[Arg]) -> RedisResult {
                 RedisValue::StringBuffer(owner.to_vec()),
             ]))
         }
+        // Refused: nil, right here for the common request without `WAIT`.
+        (Outcome::Busy(_), _) if args.wait.is_none() => Ok(RedisValue::Null),
         (Outcome::Busy(busy_until), _) => busy(ctx, &args, owner, session, now, busy_until),
     }
 }
@@ -206,7 +203,8 @@ fn generate_owner() -> [u8; 32] {
     owner_from_bits(rand::thread_rng().r#gen())
 }
 
-/// The lock is taken: block for it with `WAIT` (where the client may block), or reply null.
+/// The lock is taken and the request has `WAIT`: block for it where the client may block,
+/// or reply nil.
 #[cold]
 #[inline(never)]
 fn busy(

@@ -116,11 +116,7 @@ pub fn run(ctx: &Context, args: &[Arg]) -> RedisResult {
         return Err(RedisError::Str(ERR_APPLY_INTERNAL));
     }
     let applied = ApplyArgs::parse(args).and_then(|parsed| {
-        let site = Site {
-            ctx,
-            key: parsed.key,
-            db: server::selected_db(raw_ctx),
-        };
+        let site = Site::selected(ctx, parsed.key);
         store::apply(site, &parsed.holds, server::now_ms())
     });
     if let Err(error) = applied {

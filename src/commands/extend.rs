@@ -30,13 +30,8 @@ pub fn run(ctx: &Context, args: &[Arg]) -> RedisResult {
     let args = ExtendArgs::parse(args)?;
     check_master(ctx)?;
     let now = server::now_ms();
-    let db = server::selected_db(ctx.get_raw());
-    let waiters = blocking::waiting(db, args.key.as_bytes()) > 0;
-    let site = Site {
-        ctx,
-        key: args.key,
-        db,
-    };
+    let site = Site::selected(ctx, args.key);
+    let waiters = blocking::is_queued(&site);
     let extended = store::extend(site, args.owner, args.ttl.lease_end(now), now, waiters)?;
     Ok(RedisValue::Integer(i64::from(extended)))
 }

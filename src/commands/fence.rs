@@ -36,11 +36,7 @@ pub fn run(ctx: &Context, args: &[Arg]) -> RedisResult {
     if !CLOCK.plausible(args.token, now) {
         return Err(RedisError::Str(ERR_TOKEN_LEAD));
     }
-    let site = Site {
-        ctx,
-        key: args.key,
-        db: server::selected_db(ctx.get_raw()),
-    };
+    let site = Site::selected(ctx, args.key);
     Ok(match store::fence(site, args.owner, args.token, now)? {
         Some(token) => RedisValue::Integer(token),
         None => RedisValue::Null,

@@ -27,20 +27,14 @@ impl<'a> ReleaseArgs<'a> {
 pub fn run(ctx: &Context, args: &[Arg]) -> RedisResult {
     let args = ReleaseArgs::parse(args)?;
     check_master(ctx)?;
-    let raw_ctx = ctx.get_raw();
-    let db = server::selected_db(raw_ctx);
-    let waiters = blocking::waiting(db, args.key.as_bytes()) > 0;
-    let site = Site {
-        ctx,
-        key: args.key,
-        db,
-    };
+    let site = Site::selected(ctx, args.key);
+    let waiters = blocking::is_queued(&site);
     let Some(state) = store::release(site, args.owner, server::now_ms(), waiters)? else {
         return Ok(RedisValue::Integer(0));
     };
     // The waiters get the key now, before any other command.
     if state.count == 0 && waiters {
-        blocking::offer(ctx, db, args.key);
+        blocking::offer(ctx, site.db(), args.key);
     }
     Ok(RedisValue::Integer(1))
 }
