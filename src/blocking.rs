@@ -39,7 +39,7 @@ use crate::config;
 use crate::datatype;
 use crate::errors::{ERR_BLOCK, ERR_SLOT_MOVED, acquire_error, err_too_many_waiters, key_error};
 use crate::key::LockKey;
-use crate::local;
+use crate::local::{self, Fit};
 use crate::lock::Mode;
 use crate::metrics;
 use crate::replicate::OwnerRef;
@@ -376,6 +376,7 @@ fn head(db: c_int, name: &[u8]) -> Option<Rc<Waiter>> {
             }
             first.queued.set(false);
             queue.waiters.pop_front();
+            queue.waiters.fit();
         }
         None
     })
@@ -616,7 +617,9 @@ unsafe extern "C" fn on_free(ctx: *mut raw::RedisModuleCtx, data: *mut c_void) {
     }
     let others_wait = with_registry(|r| {
         r.clients.remove(&(waiter.client.get() as usize));
+        r.clients.fit();
         r.parked.remove(&waiter.id);
+        r.parked.fit();
         if !waiter.queued.replace(false) {
             return false;
         }
@@ -634,6 +637,7 @@ unsafe extern "C" fn on_free(ctx: *mut raw::RedisModuleCtx, data: *mut c_void) {
                 w.queued.set(keep);
                 keep
             });
+            queue.waiters.fit();
         }
         if queue.waiting > 0 {
             return true;
@@ -644,6 +648,8 @@ unsafe extern "C" fn on_free(ctx: *mut raw::RedisModuleCtx, data: *mut c_void) {
         queues.remove(&waiter.key);
         if queues.is_empty() {
             r.queues.remove(&waiter.db);
+        } else {
+            queues.fit();
         }
         false
     });

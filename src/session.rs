@@ -22,7 +22,7 @@ use std::os::raw::{c_int, c_void};
 
 use redis_module::raw;
 
-use crate::local;
+use crate::local::{self, Fit};
 use crate::server;
 use crate::timers::{self, KeyId};
 
@@ -54,11 +54,21 @@ impl Sessions {
         };
         if holds.is_empty() {
             self.by_key.remove(key);
+            self.by_key.fit();
+        } else {
+            holds.fit();
         }
+        self.forget_for_client(client, key, hold);
+    }
+
+    fn forget_for_client(&mut self, client: u64, key: &KeyId, hold: &BoundHold) {
         if let Some(set) = self.by_client.get_mut(&client) {
             set.remove(&(key.clone(), hold.clone()));
             if set.is_empty() {
                 self.by_client.remove(&client);
+                self.by_client.fit();
+            } else {
+                set.fit();
             }
         }
     }
@@ -68,13 +78,9 @@ impl Sessions {
         let Some(holds) = self.by_key.remove(key) else {
             return Vec::new();
         };
+        self.by_key.fit();
         for (hold, client) in &holds {
-            if let Some(set) = self.by_client.get_mut(client) {
-                set.remove(&(key.clone(), hold.clone()));
-                if set.is_empty() {
-                    self.by_client.remove(client);
-                }
-            }
+            self.forget_for_client(*client, key, hold);
         }
         holds.into_iter().collect()
     }
@@ -159,6 +165,7 @@ pub fn take_ending(db: c_int, key: &[u8], limit: usize) -> Vec<BoundHold> {
         let taken = list.split_off(split);
         if list.is_empty() {
             s.ending.remove(&id);
+            s.ending.fit();
         }
         taken
     })
@@ -204,6 +211,7 @@ pub fn moved_to(db: c_int, key: &[u8]) {
             s.bind(to.clone(), hold, client);
         }
         if let Some(ending) = s.ending.remove(&from) {
+            s.ending.fit();
             s.ending.entry(to).or_default().extend(ending);
         }
     });
@@ -260,12 +268,16 @@ unsafe extern "C" fn on_client_change(
         let Some(holds) = s.by_client.remove(&info.id) else {
             return HashSet::new();
         };
+        s.by_client.fit();
         let mut keys = HashSet::new();
         for (key, hold) in holds {
             if let Some(bound) = s.by_key.get_mut(&key) {
                 bound.remove(&hold);
                 if bound.is_empty() {
                     s.by_key.remove(&key);
+                    s.by_key.fit();
+                } else {
+                    bound.fit();
                 }
             }
             s.ending.entry(key.clone()).or_default().push(hold);

@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use redis_module::{Context, raw};
 
-use crate::local;
+use crate::local::{self, Fit};
 use crate::server;
 
 /// A key: its database and name.
@@ -93,6 +93,8 @@ impl Timers {
                     }
                     if keys.is_empty() {
                         self.serving.remove(db);
+                    } else {
+                        keys.fit();
                     }
                 }
             }
@@ -101,6 +103,7 @@ impl Timers {
             }
             (Kind::Deadline, None) => {
                 self.deadlines.remove(waiter);
+                self.deadlines.fit();
             }
         }
     }
