@@ -661,8 +661,8 @@ unsafe extern "C" fn on_free(ctx: *mut raw::RedisModuleCtx, data: *mut c_void) {
 
 /// A keyspace event on a key: someone else changed it. Bindings of holds that are gone are
 /// dropped (or follow the key when it is renamed or moved); a lock whose expiry was changed
-/// (`PERSIST`, `EXPIRE`) gets its lease back; waiters are offered the key (it may have been
-/// freed). A notification handler may not write: the writes happen from the next timer.
+/// (`PERSIST`, `EXPIRE`, or `RESTORE` with a ttl of 0 or past the lease) gets its lease back;
+/// waiters are offered the key (it may have been freed). A notification handler may not write: the writes happen from the next timer.
 pub unsafe extern "C" fn on_keyspace_event(
     ctx: *mut raw::RedisModuleCtx,
     _type: c_int,
@@ -688,8 +688,9 @@ pub unsafe extern "C" fn on_keyspace_event(
         _ => drop_unheld_bindings(ctx, db, &key),
     }
     // `SET ... PX` announces `expire` too: only look at the key while locks exist.
-    let reexpire =
-        matches!(event, b"persist" | b"expire") && metrics::LOCKS.get() > 0 && is_lock(ctx, &key);
+    let reexpire = matches!(event, b"persist" | b"expire" | b"restore")
+        && metrics::LOCKS.get() > 0
+        && is_lock(ctx, &key);
     if reexpire || waiting(db, name) > 0 {
         timers::serve_soon(ctx, db, name);
     }

@@ -543,6 +543,41 @@ fn persist_and_expire_cannot_keep_a_lock_past_its_lease() {
     assert_eq!(stat(&mut c, "dlock_locks"), 0);
 }
 
+/// RESTORE of a lock, with a ttl of 0 (no expiry) or one past its lease, cannot keep it past
+/// its lease either; a lock restored after its lease ended goes at once.
+#[test]
+fn restore_cannot_keep_a_lock_past_its_lease() {
+    let server = Server::start();
+    let mut c = server.client();
+    let token = grant(&mut c, "k", "a", 60_000);
+    let payload: Vec<u8> = cmd("DUMP").arg("k").query(&mut c).unwrap();
+    for (key, ttl) in [("kept", 0), ("longer", 1_000_000)] {
+        let restored: String = cmd("RESTORE")
+            .arg(key)
+            .arg(ttl)
+            .arg(&payload)
+            .query(&mut c)
+            .unwrap();
+        assert_eq!(restored, "OK");
+        wait_until("the lease to be the key's expiry again", || {
+            (1..=60_000).contains(&pttl(&mut c, key))
+        });
+        assert_eq!(info(&mut c, key).map(|i| i.1), Some(token));
+    }
+    grant(&mut c, "brief", "a", 100);
+    let brief: Vec<u8> = cmd("DUMP").arg("brief").query(&mut c).unwrap();
+    wait_until("the lease to end", || pttl(&mut c, "brief") == -2);
+    let restored: String = cmd("RESTORE")
+        .arg("brief")
+        .arg(0)
+        .arg(&brief)
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(restored, "OK");
+    wait_until("the ended lock to go", || pttl(&mut c, "brief") == -2);
+    assert_eq!(stat(&mut c, "dlock_locks"), 3);
+}
+
 /// A replica with `replica-read-only no` refuses dlock writes: its locks are its master's.
 #[test]
 fn a_writable_replica_refuses_lock_writes() {
