@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering};
 use rand::RngCore;
 use redis_module::{RedisString, raw};
 
+use crate::errors::ERR_CONFIG_TOKEN_LEAD;
+use crate::server;
 use crate::token::{CLOCK, NODE_IDS};
 
 static MAX_OWNER_LENGTH: AtomicI64 = AtomicI64::new(256);
@@ -61,6 +63,13 @@ fn apply_max_token_lead() {
     CLOCK.set_max_lead(MAX_TOKEN_LEAD.load(Ordering::Relaxed));
 }
 
+/// A lead the token clock already passes is refused rather than taken: the server would then
+/// refuse its own tokens when it loads its files (`CONFIG SET` is not saved; a restart with
+/// the lead of redis.conf meets the same check, said in the log with its remedy).
+fn refuse_max_token_lead(ms: i64) -> Option<&'static str> {
+    (!CLOCK.allows_lead(ms, server::now_ms())).then_some(ERR_CONFIG_TOKEN_LEAD)
+}
+
 struct Numeric {
     name: &'static CStr,
     value: &'static AtomicI64,
@@ -69,6 +78,8 @@ struct Numeric {
     max: i64,
     /// Run after every change, whoever makes it (load, redis.conf, CONFIG SET).
     apply: Option<fn()>,
+    /// Why a value in range cannot be taken now, if it cannot.
+    refuse: Option<fn(i64) -> Option<&'static str>>,
 }
 
 /// A static, not a const: Redis keeps a pointer to each entry as the config's private data.
@@ -80,6 +91,7 @@ static NUMERIC: [Numeric; 5] = [
         min: 1,
         max: MAX_OWNER_LENGTH_LIMIT as i64,
         apply: None,
+        refuse: None,
     },
     Numeric {
         name: c"max-ttl",
@@ -88,6 +100,7 @@ static NUMERIC: [Numeric; 5] = [
         min: 0,
         max: i64::MAX,
         apply: None,
+        refuse: None,
     },
     Numeric {
         name: c"max-waiters",
@@ -96,6 +109,7 @@ static NUMERIC: [Numeric; 5] = [
         min: 0,
         max: i64::MAX,
         apply: None,
+        refuse: None,
     },
     Numeric {
         name: c"node-id",
@@ -104,6 +118,7 @@ static NUMERIC: [Numeric; 5] = [
         min: -1,
         max: NODE_IDS - 1,
         apply: Some(apply_node_id),
+        refuse: None,
     },
     Numeric {
         name: c"max-token-lead",
@@ -112,6 +127,7 @@ static NUMERIC: [Numeric; 5] = [
         min: 0,
         max: i64::MAX,
         apply: Some(apply_max_token_lead),
+        refuse: Some(refuse_max_token_lead),
     },
 ];
 
@@ -128,11 +144,19 @@ unsafe extern "C" fn set_numeric(
     _name: *const c_char,
     value: c_longlong,
     privdata: *mut c_void,
-    _err: *mut *mut raw::RedisModuleString,
+    err: *mut *mut raw::RedisModuleString,
 ) -> c_int {
-    if let Some(config) = unsafe { privdata.cast::<Numeric>().as_ref() } {
-        config.store(value);
+    let Some(config) = (unsafe { privdata.cast::<Numeric>().as_ref() }) else {
+        return raw::REDISMODULE_OK as c_int;
+    };
+    if let Some(why) = config.refuse.and_then(|refuse| refuse(value)) {
+        // Redis copies the message into its reply and frees the string.
+        if let (Some(create), false) = (unsafe { raw::RedisModule_CreateString }, err.is_null()) {
+            unsafe { *err = create(std::ptr::null_mut(), why.as_ptr().cast(), why.len()) };
+        }
+        return raw::REDISMODULE_ERR as c_int;
     }
+    config.store(value);
     raw::REDISMODULE_OK as c_int
 }
 

@@ -62,6 +62,9 @@ pub fn err_too_many_waiters(limit: usize) -> String {
 }
 
 pub const ERR_TOKEN: &str = "ERR token must be a positive integer";
+/// Redis puts this after its own `ERR CONFIG SET failed (possibly related to argument ...) - `.
+pub const ERR_CONFIG_TOKEN_LEAD: &str = "the token clock already leads this server's clock by \
+     more than that: this server would refuse its own RDB and AOF files";
 pub const ERR_TOKEN_LEAD: &str = "ERR token leads this server's clock by more than \
      dlock.max-token-lead (0 disables the check)";
 pub const ERR_FENCE_NOT_HELD: &str = "ERR fenced write refused: the lock is not held";

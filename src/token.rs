@@ -121,14 +121,25 @@ impl TokenClock {
     /// RESTORE payload) would drag `last` with it and could exhaust the token space for good,
     /// so loaders ask before they `observe`. Tokens below the wall term always pass.
     pub fn plausible(&self, token: i64, wall_ms: i64) -> bool {
-        let lead = self.max_lead_ms.load(Ordering::Relaxed);
-        if lead <= 0 {
-            return true;
-        }
-        // Any token of the last allowed millisecond passes, whatever its sequence and node.
-        let limit = wall_ticks(wall_ms.saturating_add(lead)).saturating_add(LAST_TICK_OF_MS);
-        token <= limit
+        within_lead(token, wall_ms, self.max_lead_ms.load(Ordering::Relaxed))
     }
+
+    /// Whether a lead of `ms` still counts this clock's own `last` as plausible. A smaller one
+    /// (after tokens were taken with the check off, or the wall clock stepped back) would make
+    /// this server refuse its own tokens when it next loads its RDB or AOF.
+    pub fn allows_lead(&self, ms: i64, wall_ms: i64) -> bool {
+        within_lead(self.last(), wall_ms, ms)
+    }
+}
+
+/// Whether `token` leads `wall_ms` by at most `lead_ms` (any, for a lead of 0 or less).
+fn within_lead(token: i64, wall_ms: i64, lead_ms: i64) -> bool {
+    if lead_ms <= 0 {
+        return true;
+    }
+    // Any token of the last allowed millisecond passes, whatever its sequence and node.
+    let limit = wall_ticks(wall_ms.saturating_add(lead_ms)).saturating_add(LAST_TICK_OF_MS);
+    token <= limit
 }
 
 /// The last tick of a millisecond, counted from its first.
@@ -343,6 +354,22 @@ mod tests {
         assert_eq!(other.issue(NOW), None);
         assert_eq!(other.last(), i64::MAX - 10);
         assert_eq!(TokenClock::new().issue(i64::MAX), None);
+    }
+
+    #[test]
+    fn a_lead_is_allowed_only_while_the_clock_s_own_last_token_passes_it() {
+        let clock = TokenClock::with_node(1);
+        let wall = JUNE_2026;
+        assert!(clock.allows_lead(1, wall), "no token yet");
+        let two_hours_ahead = (wall + 2 * 3_600_000 - EPOCH_MS) * TICKS_PER_MS;
+        clock.observe(two_hours_ahead);
+        assert!(!clock.allows_lead(3_600_000, wall));
+        assert!(clock.allows_lead(2 * 3_600_000, wall));
+        assert!(clock.allows_lead(0, wall), "0 turns the check off");
+        assert!(
+            clock.allows_lead(3_600_000, wall + 3_600_000),
+            "the wall clock caught up"
+        );
     }
 
     #[test]

@@ -119,6 +119,26 @@ fn fence_refuses_bad_arguments_and_tokens_no_server_could_have_issued() {
         .query(&mut c)
         .unwrap();
     assert_eq!(fence(&mut c, "k", "a", two_hours), Some(two_hours));
+    // Back to one hour would make the server refuse its own token when it loads it again.
+    let refused = error_of(
+        cmd("CONFIG")
+            .arg("SET")
+            .arg("dlock.max-token-lead")
+            .arg(3_600_000)
+            .query(&mut c),
+    );
+    assert_eq!(
+        refused,
+        "ERR CONFIG SET failed (possibly related to argument 'dlock.max-token-lead') - the \
+         token clock already leads this server's clock by more than that: this server would \
+         refuse its own RDB and AOF files"
+    );
+    let kept: Vec<String> = cmd("CONFIG")
+        .arg("GET")
+        .arg("dlock.max-token-lead")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(kept, ["dlock.max-token-lead", "10800000"]);
 }
 
 #[test]

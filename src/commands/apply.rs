@@ -15,7 +15,7 @@ use std::os::raw::{c_char, c_int};
 use redis_module::{Context, RedisError, RedisResult, RedisValue, raw};
 
 use super::Arg;
-use crate::errors::{ERR_APPLY_ARGS, ERR_APPLY_INTERNAL, ERR_WRONGTYPE};
+use crate::errors::{ERR_APPLY_ARGS, ERR_APPLY_INTERNAL, ERR_HOLD_TOKEN_LEAD, ERR_WRONGTYPE};
 use crate::lock::{HoldState, MAX_LIMIT, Mode};
 use crate::replicate::{SEMAPHORE_WORD, SHARED_WORD};
 use crate::server;
@@ -142,12 +142,20 @@ fn refuse(ctx: &Context, args: &[Arg], error: RedisError) -> RedisError {
     };
     let reason = text.strip_prefix("ERR ").unwrap_or(text);
     if is_loading(ctx) {
+        // A token too far ahead may also be this server's own, taken while the check was off.
+        let remedy = if text == ERR_HOLD_TOKEN_LEAD {
+            "The file is corrupt or forged, or this server's clock is far behind the one that \
+             wrote it (or the token was taken with the check off): fix the clock, or start once \
+             with `dlock.max-token-lead 0`"
+        } else {
+            "The file is not what a master wrote (corrupt or edited): restore a good copy, or \
+             remove that command"
+        };
         log_warning(
             ctx,
             &format!(
-                "dlock: cannot load the AOF: DLOCK.APPLY on key '{key}' refused: {reason}. The \
-                 file is not what a master wrote (corrupt or edited): restore a good copy, or \
-                 remove that command. Exiting."
+                "dlock: cannot load the AOF: DLOCK.APPLY on key '{key}' refused: {reason}. \
+                 {remedy}. Exiting."
             ),
         );
         std::process::exit(1);
