@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import threading
 import time
 import unittest
 from typing import Any, Awaitable, Callable
@@ -148,6 +149,34 @@ class AsyncioTest(unittest.IsolatedAsyncioTestCase):
             await Lock(client, self.key).acquire()
         self.assertIn("MODULE LOAD /path/to/libdlock.so", str(caught.exception))
         await client.aclose()
+
+    async def test_a_release_whose_reply_is_lost_is_not_sent_again(self) -> None:
+        # redis-py sends a command again when its reply does not come; a RELEASE run twice
+        # would end the other lease of this re-entrant owner as well.
+        frozen = Server()
+        self.addCleanup(frozen.stop)
+        r = frozen.async_client(socket_timeout=0.2)
+        self.addAsyncCleanup(r.aclose)
+        lock = Lock(r, self.key, 30, owner="worker-1")
+        first, second = await lock.acquire(), await lock.acquire()
+        frozen.freeze()
+        # Thawed while redis-py would still be retrying, well after the read timed out.
+        thaw = threading.Timer(1.0, frozen.thaw)
+        thaw.start()
+        self.addCleanup(thaw.join)
+        with self.assertRaises(redis.TimeoutError):
+            await first.release()
+        probe = frozen.client()
+        self.addCleanup(probe.close)
+
+        async def released_once() -> bool:
+            stats = probe.info("commandstats")
+            return stats.get("cmdstat_dlock.release", {}).get("calls", 0) == 1
+        await until("the RELEASE sent to run", released_once)
+        self.assertEqual((await info(r, self.key) or {}).get("holds"), 1)
+        self.assertTrue(second.valid())
+        self.assertTrue(await second.release())
+        self.assertIsNone(await info(r, self.key))
 
     async def test_keepalive_holds_a_100ms_lease_for_5s(self) -> None:
         extends = await self.extends()

@@ -164,6 +164,31 @@ class SyncTest(unittest.TestCase):
         r.close()
         wait_until("the keepalive thread to end", lambda: threading.active_count() == self.threads)
 
+    def test_a_release_whose_reply_is_lost_is_not_sent_again(self) -> None:
+        # redis-py sends a command again when its reply does not come; a RELEASE run twice
+        # would end the other lease of this re-entrant owner as well.
+        frozen = Server()
+        self.addCleanup(frozen.stop)
+        r = frozen.client(socket_timeout=0.2)
+        self.addCleanup(r.close)
+        lock = Lock(r, self.key, 30, owner="worker-1")
+        first, second = lock.acquire(), lock.acquire()
+        frozen.freeze()
+        # Thawed while redis-py would still be retrying, well after the read timed out.
+        thaw = threading.Timer(1.0, frozen.thaw)
+        thaw.start()
+        self.addCleanup(thaw.join)
+        with self.assertRaises(redis.TimeoutError):
+            first.release()
+        probe = frozen.client()
+        self.addCleanup(probe.close)
+        wait_until("the RELEASE sent to run", lambda: calls(probe, "dlock.release") == 1)
+        self.assertEqual(info(probe, self.key)["holds"], 1)
+        self.assertTrue(second.valid())
+        self.assertTrue(second.release())
+        self.assertIsNone(info(probe, self.key))
+        self.assertEqual(calls(probe, "dlock.release"), 2)
+
     def test_keepalive_holds_a_100ms_lease_for_5s(self) -> None:
         extends = calls(self.r, "dlock.extend")
         with Lock(self.r, self.key, 0.1, keepalive=True) as lease:

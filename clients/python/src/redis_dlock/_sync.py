@@ -42,6 +42,25 @@ def _pooled(pool: Any) -> Any:
         return pool.get_connection("DLOCK.ACQUIRE")
 
 
+def _once(client: Any, *command: Any) -> Any:
+    """`command`'s reply, the command sent exactly once on a connection of `client`'s pool.
+    redis-py sends a command again when its reply did not come (its retries), and a RELEASE
+    run twice ends two holds of a re-entrant owner: the second one another lease's."""
+    pool = client.connection_pool
+    conn = _pooled(pool)
+    try:
+        conn.send_command(*command)
+        return conn.read_response()
+    except ResponseError:
+        raise
+    except BaseException:
+        # A request may still be pending on this connection: never reuse it.
+        conn.disconnect()
+        raise
+    finally:
+        pool.release(conn)
+
+
 def _reply(conn: Any, limit: float) -> Any:
     """The next reply, or the error it carries; TimeoutError if none comes by `limit`."""
     if not conn.can_read(max(limit - time.monotonic(), 0)):
@@ -231,7 +250,7 @@ class Lease(LeaseCore):
             return False
         self._scheduler.remove(self)
         try:
-            held = self._client.execute_command("DLOCK.RELEASE", self.key, self.owner) == 1
+            held = _once(self._client, "DLOCK.RELEASE", self.key, self.owner) == 1
         finally:
             if self._session is not None:
                 self._session.disconnect()

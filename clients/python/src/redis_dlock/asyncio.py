@@ -50,6 +50,26 @@ async def _pooled(pool: Any) -> Any:
         return await pool.get_connection("DLOCK.ACQUIRE")
 
 
+async def _once(client: Any, *command: Any) -> Any:
+    """`command`'s reply, the command sent exactly once on a connection of `client`'s pool.
+    redis-py sends a command again when its reply did not come (its retries), and a RELEASE
+    or an ACQUIRE run twice ends or takes two holds of a re-entrant owner."""
+    pool = client.connection_pool
+    conn = await _pooled(pool)
+    try:
+        await conn.send_command(*command)
+        return await conn.read_response()
+    except ResponseError:
+        raise
+    except BaseException:
+        # A request may still be pending on this connection (or a timeout cancelled the
+        # read): never reuse it.
+        await conn.disconnect()
+        raise
+    finally:
+        await pool.release(conn)
+
+
 async def _reply(conn: Any) -> Any:
     try:
         return await conn.read_response()
@@ -215,7 +235,7 @@ class Lease(LeaseCore):
             return False
         await self._scheduler.remove(self)
         try:
-            held = await self._client.execute_command("DLOCK.RELEASE", self.key, self.owner) == 1
+            held = await _once(self._client, "DLOCK.RELEASE", self.key, self.owner) == 1
         finally:
             if self._watcher is not None and self._watcher is not asyncio.current_task():
                 self._watcher.cancel()
@@ -393,7 +413,7 @@ async def _call(client: Any, limit: float, *command: Any) -> Reply:
     error, or TimeoutError when no reply came by `limit`."""
     try:
         async with asyncio.timeout(max(limit - time.monotonic(), 0)):
-            return await client.execute_command(*command)
+            return await _once(client, *command)
     except ResponseError as error:
         return translate(error)
     except (ConnectionError, RedisTimeoutError, OSError) as error:
