@@ -107,6 +107,25 @@ class SyncQuorumTest(QuorumServers, unittest.TestCase):
                 self.assertEqual(info(r, self.key)["token"], lease.token)
             self.assertTrue(lease.release())
 
+    def test_a_minority_answering_errors_does_not_stop_the_lock(self) -> None:
+        self.rs[0].config_set("maxmemory", 1)
+        try:
+            with self.assertLogs("redis_dlock", "WARNING") as logged:
+                lease = QuorumLock(self.rs, self.key, 10).acquire(wait=1)
+            self.assertIn("server 0 refused (OutOfMemoryError: command not allowed when "
+                          "used memory > 'maxmemory'.); a majority granted", logged.output[0])
+            self.assertIsNone(info(self.rs[0], self.key))
+            for r in self.rs[1:]:
+                self.assertEqual(info(r, self.key)["token"], lease.token)
+            self.assertTrue(lease.release())
+            # An attempt the lock is not won by raises the error that stood in its way.
+            self.rs[1].execute_command("DLOCK.ACQUIRE", self.key, "other", 10_000)
+            with self.assertRaises(redis.exceptions.OutOfMemoryError):
+                QuorumLock(self.rs, self.key, 10).acquire(wait=1)
+            self.assertIsNone(info(self.rs[2], self.key), "the attempt was released")
+        finally:
+            self.rs[0].config_set("maxmemory", 0)
+
     def test_a_frozen_minority_costs_little(self) -> None:
         self.servers[0].freeze()
         started = time.monotonic()
@@ -297,6 +316,21 @@ class AsyncQuorumTest(QuorumServers, unittest.IsolatedAsyncioTestCase):
         for r in self.ars[:2]:
             self.assertEqual((await async_info(r, self.key))["token"], lease.token)
         self.assertTrue(await lease.release())
+
+    async def test_a_minority_answering_errors_does_not_stop_the_lock(self) -> None:
+        self.rs[2].config_set("maxmemory", 1)
+        try:
+            with self.assertLogs("redis_dlock", "WARNING") as logged:
+                lease = await aio.QuorumLock(self.ars, self.key, 10).acquire(wait=1)
+            self.assertIn("server 2 refused (OutOfMemoryError: ", logged.output[0])
+            self.assertIsNone(await async_info(self.ars[2], self.key))
+            self.assertTrue(await lease.release())
+            self.rs[1].execute_command("DLOCK.ACQUIRE", self.key, "other", 10_000)
+            with self.assertRaises(redis.exceptions.OutOfMemoryError):
+                await aio.QuorumLock(self.ars, self.key, 10).acquire(wait=1)
+            self.assertIsNone(await async_info(self.ars[0], self.key))
+        finally:
+            self.rs[2].config_set("maxmemory", 0)
 
     async def test_a_majority_down_is_not_acquired(self) -> None:
         self.servers[0].kill()

@@ -121,10 +121,23 @@ class Votes:
     def error(self) -> Exception | None:
         """The first error a server replied (WRONGTYPE, a refused FENCE, ...), which a
         connection problem is not."""
-        for reply in self.replies.values():
-            if isinstance(reply, Exception) and not is_connection_error(reply):
-                return reply
-        return None
+        return next(iter(self.errors().values()), None)
+
+    def errors(self) -> dict[int, Exception]:
+        """The errors servers replied, by server index (connection problems left out)."""
+        return {i: r for i, r in self.replies.items()
+                if isinstance(r, Exception) and not is_connection_error(r)}
+
+    def acquire_error(self) -> Exception | None:
+        """The error a round of ACQUIREs ends the attempt with: a server without the module
+        always (a configuration to fix); another error (out of memory, READONLY, WRONGTYPE)
+        only when the round did not win, since the lock does not need a minority's grants
+        and a quorum lock is there to ride out a minority in trouble."""
+        errors = list(self.errors().values())
+        missing = next((e for e in errors if isinstance(e, ModuleNotLoaded)), None)
+        if missing is not None or self.won:
+            return missing
+        return next(iter(errors), None)
 
 
 def is_connection_error(error: Exception) -> bool:

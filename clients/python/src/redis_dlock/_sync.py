@@ -664,10 +664,13 @@ class QuorumLock(LockBase):
         deadline = sent + ttl_ms / 1000 - drift(ttl_ms)
         command = ("DLOCK.ACQUIRE", self._spec.key, owner, ttl_ms)
         acquired = _round(lanes, lanes.everywhere(command), deadline, is_token, "stragglers")
-        if (error := acquired.error()) is not None:
+        if (error := acquired.acquire_error()) is not None:
             raise error
         if not acquired.won:
             return None
+        for server, error in acquired.errors().items():
+            log.warning("quorum lock %r: server %d refused (%s: %s); a majority granted",
+                        self._spec.key, server, type(error).__name__, error)
         grants = acquired.granted()
         token = fence_token(grants)
         command = ("DLOCK.FENCE", self._spec.key, owner, token)

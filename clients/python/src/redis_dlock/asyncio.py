@@ -659,10 +659,13 @@ class QuorumLock(LockBase):
         command = ("DLOCK.ACQUIRE", self._spec.key, owner, ttl_ms)
         acquired = await _round(lanes, lanes.everywhere(command), deadline, is_token,
                                 "stragglers")
-        if (error := acquired.error()) is not None:
+        if (error := acquired.acquire_error()) is not None:
             raise error
         if not acquired.won:
             return None
+        for server, error in acquired.errors().items():
+            log.warning("quorum lock %r: server %d refused (%s: %s); a majority granted",
+                        self._spec.key, server, type(error).__name__, error)
         grants = acquired.granted()
         token = fence_token(grants)
         command = ("DLOCK.FENCE", self._spec.key, owner, token)
