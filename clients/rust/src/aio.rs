@@ -21,7 +21,9 @@ pub use quorum::{QuorumLease, QuorumLock};
 
 use crate::error::{Error, Result, is_fence_refusal};
 use crate::spec::{self, Mode, Spec};
-use crate::state::{IoBound, LeaseState, QuorumLink, RETRY, Registry, SessionConn, Work, lock};
+use crate::state::{
+    self, IoBound, LeaseState, QuorumLink, RETRY, Registry, SessionConn, Work, lock,
+};
 use crate::sync::{DEFAULT_COMMAND_TIMEOUT, KEEPALIVE_CONNECTION_NAME};
 
 /// An async connection of either kind (both are cheap to clone: handles on one driver).
@@ -422,6 +424,30 @@ impl Drop for CancelWait {
     }
 }
 
+/// Releases a grant from a spawned task when dropped with an owner still set: an acquire
+/// future cancelled between the grant and the lease it would have returned.
+struct ReleaseOnDrop {
+    redis: Backend,
+    key: String,
+    owner: Option<String>,
+}
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        let (Some(owner), Ok(rt)) = (self.owner.take(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        let redis = self.redis.clone();
+        let cmd = spec::release_cmd(&self.key, &owner);
+        rt.spawn(async move {
+            if let Ok(mut c) = redis.connect_async().await {
+                let _: RedisResult<Value> = cmd.query_async(&mut c).await;
+            }
+        });
+    }
+}
+
 /// An exclusive lock (or, from [`ReadWriteLock`], a shared or exclusive view of one); see
 /// [`crate::Lock`] for the settings.
 #[derive(Clone)]
@@ -470,8 +496,10 @@ impl Lock {
     }
 
     /// Wait in the server's queue: `None` forever, `Some(d)` up to `d`
-    /// ([`Error::NotAcquired`] when the wait ends without a grant). Cancelling the future
-    /// takes the request out of the server's queue.
+    /// ([`Error::NotAcquired`] when the wait ends without a grant). A grant that came after
+    /// waiting is restarted with an EXTEND, and its deadline counts from that (also
+    /// `NotAcquired` should the server no longer have it by then). Cancelling the future
+    /// takes the request out of the server's queue, or releases a grant already made.
     pub async fn acquire(&self, wait: Option<Duration>) -> Result<Lease> {
         match self.request(Some(wait)).await? {
             Some(lease) => Ok(lease),
@@ -498,7 +526,7 @@ impl Lock {
         let cmd = self.spec.acquire_cmd(wait);
         let limit = Spec::read_timeout(wait, client.command_timeout);
         let ttl = self.spec.ttl();
-        let (sent, reply, session) = if self.spec.session || wait.is_some() {
+        let (sent, reply, conn) = if self.spec.session || wait.is_some() {
             // Waiting (and session) requests get a connection of their own: a blocked
             // request must not hold up other commands, and dropping it must leave the queue.
             let mut c = client.dedicated().await?;
@@ -515,7 +543,7 @@ impl Lock {
             let sent = Instant::now();
             let reply = within(limit, cmd.query_async::<Value>(&mut c)).await?;
             cancel.client_id = None;
-            (sent, reply, self.spec.session.then_some(c))
+            (sent, reply, Some(c))
         } else {
             let sent = Instant::now();
             (sent, client.query(&cmd).await?, None)
@@ -523,6 +551,31 @@ impl Lock {
         let Some((token, owner)) = self.spec.parse_grant(reply)? else {
             return Ok(None);
         };
+        let (mut sent, mut conn) = (sent, conn);
+        if state::granted_late(sent, ttl) {
+            // Granted after waiting, at an unknown moment since `sent`: restart the lease with
+            // an EXTEND, so that its deadline counts from a known send time.
+            let extend = spec::extend_cmd(&self.spec.key, &owner, ttl);
+            // Should this future be dropped during the EXTEND, the grant is released.
+            let mut undo = ReleaseOnDrop {
+                redis: client.redis.clone(),
+                key: self.spec.key.clone(),
+                owner: Some(owner.clone()),
+            };
+            sent = Instant::now();
+            let reply = match conn.as_mut() {
+                Some(c) => within(client.command_timeout, extend.query_async::<Value>(c))
+                    .await
+                    .map_err(Error::from),
+                None => client.query(&extend).await,
+            };
+            undo.owner = None;
+            if reply? != Value::Int(1) {
+                // The hold ended before the EXTEND came: nothing was acquired.
+                return Ok(None);
+            }
+        }
+        let session = if self.spec.session { conn } else { None };
         let state = LeaseState::new(
             self.spec.key.clone(),
             owner,

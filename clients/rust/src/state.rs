@@ -38,6 +38,13 @@ pub(crate) fn deadline_after(sent: Instant, ttl: Duration) -> Instant {
     sent + ttl.saturating_sub(drift(ttl))
 }
 
+/// Whether a grant whose request was sent at `sent` came so late (after waiting in the queue)
+/// that the lease must be restarted with an EXTEND: the server started it at an unknown moment
+/// since `sent`, and a deadline counted from `sent` would be too early, possibly past.
+pub(crate) fn granted_late(sent: Instant, ttl: Duration) -> bool {
+    sent.elapsed() > drift(ttl)
+}
+
 type Callback = Box<dyn FnOnce() + Send>;
 
 /// The dedicated connection a session lease owns (`None` for other leases).

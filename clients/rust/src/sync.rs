@@ -14,7 +14,9 @@ pub use quorum::{QuorumLease, QuorumLock};
 
 use crate::error::{Error, Result, is_fence_refusal};
 use crate::spec::{self, Mode, Spec};
-use crate::state::{IoBound, LeaseState, QuorumLink, RETRY, Registry, SessionConn, Work, lock};
+use crate::state::{
+    self, IoBound, LeaseState, QuorumLink, RETRY, Registry, SessionConn, Work, lock,
+};
 
 /// The name the keepalive connection gives itself (`CLIENT SETNAME`), to find it in
 /// `CLIENT LIST`.
@@ -553,7 +555,9 @@ impl Lock {
     }
 
     /// Wait in the server's queue for the lock: `None` waits forever, `Some(d)` up to `d`
-    /// ([`Error::NotAcquired`] when the wait ends without a grant).
+    /// ([`Error::NotAcquired`] when the wait ends without a grant). A grant that came after
+    /// waiting is restarted with an EXTEND, and its deadline counts from that (also
+    /// `NotAcquired` should the server no longer have it by then).
     pub fn acquire(&self, wait: Option<Duration>) -> Result<Lease> {
         match self.request(Some(wait))? {
             Some(lease) => Ok(lease),
@@ -573,7 +577,7 @@ impl Lock {
         let cmd = self.spec.acquire_cmd(wait);
         let read_timeout = Spec::read_timeout(wait, client.command_timeout);
         let ttl = self.spec.ttl();
-        let (sent, reply, session) = if self.spec.session {
+        let (sent, reply, mut session) = if self.spec.session {
             // A session lease lives on a connection of its own, kept for its lifetime.
             let mut c = client.redis.connect(CONNECT_TIMEOUT)?;
             c.set_read_timeout(read_timeout)?;
@@ -588,6 +592,21 @@ impl Lock {
         let Some((token, owner)) = self.spec.parse_grant(reply)? else {
             return Ok(None);
         };
+        let mut sent = sent;
+        if state::granted_late(sent, ttl) {
+            // Granted after waiting, at an unknown moment since `sent`: restart the lease with
+            // an EXTEND, so that its deadline counts from a known send time.
+            let extend = spec::extend_cmd(&self.spec.key, &owner, ttl);
+            sent = Instant::now();
+            let reply = match session.as_mut() {
+                Some(c) => extend.query::<Value>(c.like()).map_err(Error::from),
+                None => client.query(&extend, client.command_timeout),
+            }?;
+            if reply != Value::Int(1) {
+                // The hold ended before the EXTEND came: nothing was acquired.
+                return Ok(None);
+            }
+        }
         let state = LeaseState::new(
             self.spec.key.clone(),
             owner,

@@ -391,3 +391,50 @@ fn an_on_lost_callback_may_release_the_lease() {
     assert_eq!(released, Ok(false));
     assert_eq!(holder(&mut c, "job").as_deref(), Some("thief"));
 }
+
+#[test]
+fn a_lease_granted_after_waiting_longer_than_its_ttl_is_restarted_and_valid() {
+    let server = Server::start();
+    let mut c = server.conn();
+    let client = client(&server);
+    let ttl = Duration::from_millis(200);
+    let validity = ttl - (ttl / 100 + Duration::from_millis(2));
+    // Granted at once: the deadline counts from the ACQUIRE, and no EXTEND is sent.
+    let lease = Lock::new(&client, "job")
+        .ttl(ttl)
+        .acquire(Some(Duration::from_secs(1)))
+        .unwrap();
+    assert_eq!(calls(&mut c, "dlock.extend"), 0);
+    assert!(lease.release().unwrap());
+    // Held by another for 600 ms: the waiter is granted when that hold expires, three ttls
+    // after its ACQUIRE was sent, with a fresh ttl on the server.
+    let placed = Instant::now();
+    let _: i64 = cmd("DLOCK.ACQUIRE")
+        .arg("job")
+        .arg("other")
+        .arg(600)
+        .query(&mut c)
+        .unwrap();
+    let lease = Lock::new(&client, "job")
+        .ttl(ttl)
+        .owner("me")
+        .acquire(Some(Duration::from_secs(5)))
+        .unwrap();
+    let after = Instant::now();
+    assert!(
+        lease.valid() && !lease.is_lost() && lease.check().is_ok(),
+        "a lease granted after waiting is not lost on arrival (remaining {:?})",
+        lease.remaining()
+    );
+    assert_eq!(calls(&mut c, "dlock.extend"), 1, "one restarting EXTEND");
+    // The deadline counts from that EXTEND, sent after the grant: 600 ms after `placed`, less
+    // a few milliseconds (the server counts the other lease from its millisecond clock).
+    let deadline = lease.deadline();
+    assert!(
+        deadline >= placed + Duration::from_millis(595) + validity && deadline <= after + validity,
+        "deadline {:.1} ms after the other hold was placed",
+        ms(deadline - placed)
+    );
+    assert_eq!(holder(&mut c, "job").as_deref(), Some("me"));
+    assert!(lease.release().unwrap(), "the server still had it");
+}
