@@ -41,7 +41,9 @@
 //! grants it only after this hold ended, from a clock FENCE raised to `T`, so its token is
 //! above `T`. Tokens from two servers must never be equal, so **every server needs its own
 //! `dlock.node-id`**: the first attempt reads each server's `dlock_node_id` (`INFO dlock`)
-//! and fails with [`Error::DuplicateNodeId`] when two share one.
+//! and fails with [`Error::DuplicateNodeId`] when two share one, and every attempt checks
+//! that its grants' tokens carry distinct node ids in their low 4 bits (which catches an id
+//! changed later), failing the same way after releasing the attempt.
 //!
 //! The [`QuorumLease`] has the single-server lease's interface and lost signal, with these
 //! differences. Its deadline counts from when the ACQUIREs were sent (minus the same drift
@@ -51,9 +53,11 @@
 //! the deadline still ends the lease). `release` (and dropping the lease) sends RELEASE to
 //! every server and says whether a majority still had the lease. A server error or timeout
 //! during an acquire counts as a refusal, except a server without the module
-//! ([`Error::ModuleNotLoaded`]). **There is no `guard`**: the quorum's servers are not the
-//! resource, and `DLOCK.GUARD` on one of them could not know of the others' holders; the
-//! resource itself must accept a write only with a token at least the highest it has seen.
+//! ([`Error::ModuleNotLoaded`]) and a FENCE a server refuses with an error (its clock more than
+//! `dlock.max-token-lead` behind `T`), which is returned after the attempt was released.
+//! **There is no `guard`**: the quorum's servers are not the resource, and `DLOCK.GUARD` on
+//! one of them could not know of the others' holders; the resource itself must accept a write
+//! only with a token at least the highest it has seen.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -93,7 +97,8 @@ macro_rules! lease_view {
 
         /// The local validity deadline: when the request that granted the lease, or last
         /// renewed it (a majority's, for a quorum lease), was sent, plus the ttl, minus a
-        /// drift allowance of ttl/100 + 2 ms.
+        /// drift allowance of ttl/100 + 2 ms. A grant that came after waiting in the queue is
+        /// renewed at once, so its deadline counts from that EXTEND.
         pub fn deadline(&self) -> std::time::Instant {
             self.state.deadline()
         }

@@ -220,6 +220,52 @@ pub(crate) fn grants(replies: &[Option<Granted>]) -> Vec<(usize, i64)> {
         .collect()
 }
 
+/// The low bits of a token: the `dlock.node-id` of the server that issued it.
+const NODE_MASK: i64 = 0xF;
+
+/// [`Error::DuplicateNodeId`] when two grants of a round carry the same node id in their
+/// tokens' low bits: the servers' ids were read once, and this catches an id changed since (a
+/// restart with another id, `CONFIG SET dlock.node-id`), before such tokens are fenced.
+pub(crate) fn check_grant_nodes(n: usize, grants: &[(usize, i64)]) -> Result<()> {
+    let mut ids = vec![None; n];
+    for (server, token) in grants {
+        if let Some(slot) = ids.get_mut(*server) {
+            *slot = Some(token & NODE_MASK);
+        }
+    }
+    check_node_ids(&ids)
+}
+
+/// The first error a server answered to a round (a FENCE refused because the token leads
+/// that server's clock by more than `dlock.max-token-lead`, `WRONGTYPE`, ...): what the caller
+/// gets, after the attempt is released, rather than a retry that would fail the same way. A
+/// connection error, a timeout or a server still loading is no answer and is not returned.
+pub(crate) fn server_error(replies: &mut [Option<Result<Value>>]) -> Option<Error> {
+    replies.iter_mut().find_map(|r| match r {
+        Some(reply @ Err(_)) if reply.as_ref().err().is_some_and(is_answer) => {
+            std::mem::replace(reply, Ok(Value::Nil)).err()
+        }
+        _ => None,
+    })
+}
+
+fn is_answer(e: &Error) -> bool {
+    match e {
+        Error::Redis(e) => {
+            e.code().is_some()
+                && !matches!(
+                    e.kind(),
+                    redis::ErrorKind::BusyLoadingError
+                        | redis::ErrorKind::TryAgain
+                        | redis::ErrorKind::ClusterDown
+                        | redis::ErrorKind::MasterDown
+                )
+        }
+        Error::ModuleNotLoaded { .. } => true,
+        _ => false,
+    }
+}
+
 /// A FENCE reply counts when it is a token at least `target`.
 pub(crate) fn fence_vote(reply: &Result<Value>, target: i64) -> Vote {
     match reply {
@@ -300,6 +346,40 @@ mod tests {
         }
         let info = Value::BulkString(b"# dlock\r\ndlock_fences:0\r\ndlock_node_id:7\r\n".to_vec());
         assert_eq!(parse_node_id(&info), Some(7));
+    }
+
+    #[test]
+    fn grants_must_come_from_distinct_nodes() {
+        assert!(check_grant_nodes(3, &[(0, 0x101), (2, 0x203)]).is_ok());
+        match check_grant_nodes(3, &[(0, 0x101), (1, 0x211), (2, 0x303)]) {
+            Err(Error::DuplicateNodeId { node_id, servers }) => {
+                assert_eq!((node_id, servers), (1, (0, 1)));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn server_errors_are_answers_and_connection_errors_are_not() {
+        let io = || {
+            Err(Error::Redis(redis::RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "timed out",
+            ))))
+        };
+        let lead = || {
+            Err(Error::Redis(redis::RedisError::from((
+                redis::ErrorKind::ResponseError,
+                "An error was signalled by the server",
+                "token leads this server's clock".to_string(),
+            ))))
+        };
+        assert!(server_error(&mut [None, Some(io()), Some(Ok(Value::Int(7)))]).is_none());
+        let mut replies = [Some(io()), Some(Ok(Value::Int(7))), Some(lead())];
+        match server_error(&mut replies) {
+            Some(Error::Redis(e)) => assert_eq!(e.kind(), redis::ErrorKind::ResponseError),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -54,6 +54,28 @@ fn take(server: &Server, key: &str, owner: &str) -> i64 {
         .unwrap()
 }
 
+/// Push server 0's token clock two hours ahead (its own lead check switched off): a FENCE to
+/// its tokens is refused by the other servers, whose `dlock.max-token-lead` is 1 hour.
+fn far_ahead(servers: &[Server]) {
+    let _: () = cmd("CONFIG")
+        .arg("SET")
+        .arg("dlock.max-token-lead")
+        .arg(0)
+        .query(&mut servers[0].conn())
+        .unwrap();
+    raise_clock(&servers[0], 2 * 3600 * 1000);
+}
+
+/// Give server 1 server 0's `dlock.node-id` after the quorum lock has read the ids.
+fn duplicate_node_id(servers: &[Server]) {
+    let _: () = cmd("CONFIG")
+        .arg("SET")
+        .arg("dlock.node-id")
+        .arg(1)
+        .query(&mut servers[1].conn())
+        .unwrap();
+}
+
 fn holders(servers: &[Server], key: &str) -> Vec<Option<String>> {
     servers.iter().map(|s| holder(&mut s.conn(), key)).collect()
 }
@@ -457,6 +479,64 @@ fn a_server_without_the_module_is_reported() {
     assert_eq!(holders(&servers[..2], "job"), vec![None; 2]);
 }
 
+#[test]
+fn a_fence_refused_by_a_server_is_returned_after_releasing_the_attempt() {
+    let servers = servers(3);
+    far_ahead(&servers);
+    // Server 2 is held by another: the majority is servers 0 and 1, so the highest grant, the
+    // FENCE target, is server 0's, two hours ahead of server 1's clock.
+    take(&servers[2], "job", "other");
+    let lock = QuorumLock::new(&clients(&servers), "job").ttl(Duration::from_secs(5));
+    let started = Instant::now();
+    match lock.acquire(Some(Duration::from_secs(3))) {
+        Err(Error::Redis(e)) => assert!(
+            e.to_string()
+                .contains("token leads this server's clock by more than dlock.max-token-lead"),
+            "{e}"
+        ),
+        other => panic!("expected the server's FENCE error, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "returned at once, not retried until the wait ended: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        holders(&servers, "job"),
+        vec![None, None, Some("other".into())]
+    );
+    assert!(matches!(lock.try_acquire(), Err(Error::Redis(_))));
+    assert_eq!(
+        holders(&servers, "job"),
+        vec![None, None, Some("other".into())]
+    );
+}
+
+#[test]
+fn a_node_id_changed_after_it_was_read_is_caught_on_the_grants() {
+    let servers = servers(3);
+    let lock = QuorumLock::new(&clients(&servers), "job").ttl(Duration::from_secs(5));
+    let lease = lock.try_acquire().unwrap().expect("free");
+    assert!(lease.release().unwrap());
+    duplicate_node_id(&servers);
+    // The majority is servers 0 and 1, whose tokens now both carry node id 1.
+    take(&servers[2], "job", "other");
+    match lock.try_acquire() {
+        Err(Error::DuplicateNodeId { node_id, servers }) => {
+            assert_eq!((node_id, servers), (1, (0, 1)));
+        }
+        other => panic!("expected DuplicateNodeId, got {other:?}"),
+    }
+    assert_eq!(
+        holders(&servers, "job"),
+        vec![None, None, Some("other".into())]
+    );
+    assert!(matches!(
+        lock.acquire(Some(Duration::from_secs(1))),
+        Err(Error::DuplicateNodeId { node_id: 1, .. })
+    ));
+}
+
 #[cfg(feature = "tokio")]
 mod tokio_client {
     use super::*;
@@ -577,5 +657,51 @@ mod tokio_client {
             other => panic!("expected DuplicateNodeId, got {other:?}"),
         }
         assert_eq!(holders(&servers, "job"), vec![None; 2]);
+    }
+
+    #[tokio::test]
+    async fn a_fence_refused_by_a_server_is_returned_after_releasing_the_attempt() {
+        let servers = servers(3);
+        far_ahead(&servers);
+        take(&servers[2], "job", "other");
+        let lock = aio::QuorumLock::new(&clients(&servers), "job").ttl(Duration::from_secs(5));
+        let started = Instant::now();
+        match lock.acquire(Some(Duration::from_secs(3))).await {
+            Err(Error::Redis(e)) => assert!(
+                e.to_string()
+                    .contains("token leads this server's clock by more than dlock.max-token-lead"),
+                "{e}"
+            ),
+            other => panic!("expected the server's FENCE error, got {other:?}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "returned at once, not retried until the wait ended: {:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            holders(&servers, "job"),
+            vec![None, None, Some("other".into())]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_node_id_changed_after_it_was_read_is_caught_on_the_grants() {
+        let servers = servers(3);
+        let lock = aio::QuorumLock::new(&clients(&servers), "job").ttl(Duration::from_secs(5));
+        let lease = lock.try_acquire().await.unwrap().expect("free");
+        assert!(lease.release().await.unwrap());
+        duplicate_node_id(&servers);
+        take(&servers[2], "job", "other");
+        match lock.try_acquire().await {
+            Err(Error::DuplicateNodeId { node_id, servers }) => {
+                assert_eq!((node_id, servers), (1, (0, 1)));
+            }
+            other => panic!("expected DuplicateNodeId, got {other:?}"),
+        }
+        assert_eq!(
+            holders(&servers, "job"),
+            vec![None, None, Some("other".into())]
+        );
     }
 }

@@ -185,6 +185,10 @@ impl QuorumLock {
 
     /// Try for a majority until `wait` passes (`None`: without limit), releasing everything and
     /// pausing at random between attempts; [`Error::NotAcquired`] when the wait ends without.
+    /// An error that retrying would meet again ends the wait at once, after the attempt was
+    /// released everywhere: [`Error::DuplicateNodeId`] (also when two grants' tokens carry one
+    /// node id) or a server's refusal of the FENCE (its clock more than
+    /// `dlock.max-token-lead` behind the token), as [`Error::Redis`].
     pub async fn acquire(&self, wait: Option<Duration>) -> Result<QuorumLease> {
         let until = wait.map(|w| Instant::now() + w);
         loop {
@@ -206,7 +210,7 @@ impl QuorumLock {
     }
 
     /// One attempt: `None` when no majority granted and fenced in time (RELEASE was then sent
-    /// to every server).
+    /// to every server); the errors of [`acquire`](QuorumLock::acquire) after the same RELEASE.
     pub async fn try_acquire(&self) -> Result<Option<QuorumLease>> {
         self.attempt().await
     }
@@ -276,16 +280,26 @@ impl QuorumLock {
             return Err(e);
         }
         let grants = quorum::grants(&replies);
+        if let Err(e) = quorum::check_grant_nodes(self.clients.len(), &grants) {
+            self.release_all(&runtime, &owner).await;
+            return Err(e);
+        }
         let target = grants.iter().map(|(_, t)| *t).max().unwrap_or(0);
         if grants.len() < quorum::majority(self.clients.len()) || Instant::now() >= deadline {
             self.release_all(&runtime, &owner).await;
             return Ok(None);
         }
-        if self
+        let fenced = match self
             .fence(&runtime, &grants, &owner, target, deadline)
             .await
-            && Instant::now() < deadline
         {
+            Ok(fenced) => fenced,
+            Err(e) => {
+                self.release_all(&runtime, &owner).await;
+                return Err(e);
+            }
+        };
+        if fenced && Instant::now() < deadline {
             let targets = self
                 .clients
                 .iter()
@@ -320,7 +334,8 @@ impl QuorumLock {
     }
 
     /// FENCE `target` on the servers that granted: whether a majority of all servers replied
-    /// a token ≥ `target` before `deadline`.
+    /// a token ≥ `target` before `deadline`; the first error a server answered (a FENCE
+    /// refused as leading its clock too far) instead, as retrying would meet it again.
     async fn fence(
         &self,
         runtime: &Handle,
@@ -328,7 +343,7 @@ impl QuorumLock {
         owner: &str,
         target: i64,
         deadline: Instant,
-    ) -> bool {
+    ) -> Result<bool> {
         let inners: Vec<Arc<Inner>> = grants
             .iter()
             .filter_map(|(i, _)| self.clients.get(*i).map(|c| Arc::clone(&c.inner)))
@@ -336,7 +351,7 @@ impl QuorumLock {
         let cmd = quorum::fence_cmd(&self.spec.key, owner, target);
         let limit = budget(deadline);
         let need = quorum::majority(self.clients.len());
-        let replies = fan_out(
+        let mut replies = fan_out(
             runtime,
             inners.len(),
             Some(deadline),
@@ -362,7 +377,10 @@ impl QuorumLock {
             },
         )
         .await;
-        Tally::of(&votes(&replies, |r| quorum::fence_vote(r, target))).yes >= need
+        if let Some(e) = quorum::server_error(&mut replies) {
+            return Err(e);
+        }
+        Ok(Tally::of(&votes(&replies, |r| quorum::fence_vote(r, target))).yes >= need)
     }
 
     /// RELEASE on every server after a failed attempt (a grant may still be on its way).

@@ -170,6 +170,10 @@ impl QuorumLock {
 
     /// Try for a majority until `wait` passes (`None`: without limit), releasing everything and
     /// pausing at random between attempts; [`Error::NotAcquired`] when the wait ends without.
+    /// An error that retrying would meet again ends the wait at once, after the attempt was
+    /// released everywhere: [`Error::DuplicateNodeId`] (also when two grants' tokens carry one
+    /// node id) or a server's refusal of the FENCE (its clock more than
+    /// `dlock.max-token-lead` behind the token), as [`Error::Redis`].
     pub fn acquire(&self, wait: Option<Duration>) -> Result<QuorumLease> {
         let until = wait.map(|w| Instant::now() + w);
         loop {
@@ -191,7 +195,7 @@ impl QuorumLock {
     }
 
     /// One attempt: `None` when no majority granted and fenced in time (RELEASE was then sent
-    /// to every server).
+    /// to every server); the errors of [`acquire`](QuorumLock::acquire) after the same RELEASE.
     pub fn try_acquire(&self) -> Result<Option<QuorumLease>> {
         self.attempt()
     }
@@ -255,12 +259,23 @@ impl QuorumLock {
             return Err(e);
         }
         let grants = quorum::grants(&replies);
+        if let Err(e) = quorum::check_grant_nodes(self.clients.len(), &grants) {
+            self.release_all(&owner);
+            return Err(e);
+        }
         let target = grants.iter().map(|(_, t)| *t).max().unwrap_or(0);
         if grants.len() < quorum::majority(self.clients.len()) || Instant::now() >= deadline {
             self.release_all(&owner);
             return Ok(None);
         }
-        if self.fence(&grants, &owner, target, deadline) && Instant::now() < deadline {
+        let fenced = match self.fence(&grants, &owner, target, deadline) {
+            Ok(fenced) => fenced,
+            Err(e) => {
+                self.release_all(&owner);
+                return Err(e);
+            }
+        };
+        if fenced && Instant::now() < deadline {
             let targets = self
                 .clients
                 .iter()
@@ -294,8 +309,15 @@ impl QuorumLock {
     }
 
     /// FENCE `target` on the servers that granted: whether a majority of all servers replied
-    /// a token ≥ `target` before `deadline`.
-    fn fence(&self, grants: &[(usize, i64)], owner: &str, target: i64, deadline: Instant) -> bool {
+    /// a token ≥ `target` before `deadline`; the first error a server answered (a FENCE
+    /// refused as leading its clock too far) instead, as retrying would meet it again.
+    fn fence(
+        &self,
+        grants: &[(usize, i64)],
+        owner: &str,
+        target: i64,
+        deadline: Instant,
+    ) -> Result<bool> {
         let clients: Vec<Client> = grants
             .iter()
             .filter_map(|(i, _)| self.clients.get(*i).cloned())
@@ -303,7 +325,7 @@ impl QuorumLock {
         let cmd = quorum::fence_cmd(&self.spec.key, owner, target);
         let read_timeout = budget(deadline).unwrap_or(Duration::from_millis(1));
         let need = quorum::majority(self.clients.len());
-        let replies = fan_out(
+        let mut replies = fan_out(
             clients.len(),
             Some(deadline),
             move |i| match clients.get(i) {
@@ -321,8 +343,11 @@ impl QuorumLock {
                 }
             },
         );
+        if let Some(e) = quorum::server_error(&mut replies) {
+            return Err(e);
+        }
         let fenced = votes(&replies, |r| quorum::fence_vote(r, target));
-        Tally::of(&fenced).yes >= need
+        Ok(Tally::of(&fenced).yes >= need)
     }
 
     /// RELEASE on every server after a failed attempt (a grant may still be on its way).
