@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import threading
 import time
@@ -125,6 +126,24 @@ class SyncQuorumTest(QuorumServers, unittest.TestCase):
             self.assertIsNone(info(self.rs[2], self.key), "the attempt was released")
         finally:
             self.rs[0].config_set("maxmemory", 0)
+
+    @unittest.skipUnless(hasattr(os, "fork"), "needs os.fork")
+    def test_a_child_forked_after_quorum_locks_acquires_at_once(self) -> None:
+        lock = QuorumLock(self.rs, self.key, 2)
+        for _ in range(5):
+            with lock.acquire(wait=2):
+                pass
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                started = time.monotonic()
+                with QuorumLock(self.rs, f"{self.key}:child", 2).acquire(wait=1):
+                    code = 0 if time.monotonic() - started < 0.5 else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        self.assertEqual(os.waitstatus_to_exitcode(status), 0, "the child's acquire stalled")
 
     def test_a_frozen_minority_costs_little(self) -> None:
         self.servers[0].freeze()

@@ -505,11 +505,15 @@ _quorum_keeper = _QuorumKeeper(None)
 
 def _forget_threads_after_fork() -> None:
     """A forked child has none of its parent's threads, but would inherit its schedulers,
-    whose thread may still be lingering (and whose locks may be held): it starts afresh."""
-    global _schedulers, _schedulers_lock, _quorum_keeper
+    whose thread may still be lingering, and the quorum thread pool, which counts its idle
+    threads and would hand them work nobody runs (and their locks may be held): it starts
+    afresh."""
+    global _schedulers, _schedulers_lock, _quorum_keeper, _quorum_executor, _nodes_lock
     _schedulers = weakref.WeakKeyDictionary()
     _schedulers_lock = threading.Lock()
     _quorum_keeper = _QuorumKeeper(None)
+    _quorum_executor = ThreadPoolExecutor(max_workers=64, thread_name_prefix=QUORUM_NAME)
+    _nodes_lock = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_forget_threads_after_fork)
