@@ -251,7 +251,10 @@ impl LeaseState {
         #[cfg(feature = "tokio")]
         self.lost_tx.send_replace(true);
         for callback in callbacks {
-            callback();
+            // A callback that panics (the panic hook prints it) must not take the keepalive or
+            // deadline thread down with it, which serves every lease of the client, nor keep
+            // the callbacks after it from running.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(callback));
         }
     }
 

@@ -120,6 +120,28 @@ mod blocking {
     }
 
     #[test]
+    fn a_panicking_callback_leaves_the_others_and_later_leases_signalled() {
+        let _serial = serial();
+        let server = Server::start();
+        let client = Client::new(server.redis());
+        let brief = |key: &str| {
+            Lock::new(&client, key)
+                .ttl(Duration::from_millis(100))
+                .acquire(None)
+                .unwrap()
+        };
+        let first = brief("first");
+        let (after, callback) = recorder();
+        first.on_lost(|| panic!("an on_lost callback that panics"));
+        first.on_lost(callback);
+        fired_at(&after);
+        let second = brief("second");
+        let (fired, callback) = recorder();
+        second.on_lost(callback);
+        fired_at(&fired);
+    }
+
+    #[test]
     fn client_kill_of_the_keepalive_connection_reconnects() {
         let _serial = serial();
         let server = Server::start();
