@@ -51,7 +51,9 @@
 //! send EXTEND to every server: a majority of 1s moves the deadline; so many 0s that no
 //! majority is left mark the lease lost; errors alone do neither (the keepalive retries, and
 //! the deadline still ends the lease). `release` (and dropping the lease) sends RELEASE to
-//! every server and says whether a majority still had the lease. A server error or timeout
+//! every server and says whether a majority still had the lease, as soon as the answers
+//! settle it (and 50 ms more for the others): a frozen server does not hold it up, and its
+//! RELEASE still goes out when it wakes. A server error or timeout
 //! during an acquire counts as a refusal, except a server without the module
 //! ([`Error::ModuleNotLoaded`]) and a FENCE a server refuses with an error (its clock more than
 //! `dlock.max-token-lead` behind `T`), which is returned after the attempt was released.

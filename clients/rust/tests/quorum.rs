@@ -80,6 +80,14 @@ fn holders(servers: &[Server], key: &str) -> Vec<Option<String>> {
     servers.iter().map(|s| holder(&mut s.conn(), key)).collect()
 }
 
+/// A quorum release answers once a majority did: the other servers' RELEASE lands moments
+/// later. Wait until `key` is held as `left` on each of `servers`.
+fn released_everywhere(servers: &[Server], key: &str, left: Vec<Option<String>>) {
+    wait_until("every server's RELEASE", Duration::from_secs(5), || {
+        holders(servers, key) == left
+    });
+}
+
 fn tokens(servers: &[Server], key: &str) -> Vec<Option<i64>> {
     servers.iter().map(|s| token(&mut s.conn(), key)).collect()
 }
@@ -113,7 +121,7 @@ fn a_majority_takes_the_highest_token_and_fences_it_on_every_granting_server() {
     assert!(lease.release().unwrap());
     assert!(lease.release().unwrap(), "a second release does nothing");
     assert!(!lease.valid());
-    assert_eq!(holders(&servers, "job"), vec![None; 3]);
+    released_everywhere(&servers, "job", vec![None; 3]);
     // Every server's clock is past T now: any later grant, anywhere, is above it.
     for s in &servers {
         assert!(take(s, "next", "w") > t);
@@ -207,7 +215,7 @@ fn a_minority_of_servers_down_still_acquires() {
         assert_eq!(tokens(&servers, "job"), vec![Some(t); servers.len()]);
         lease.extend(None).unwrap();
         assert!(lease.release().unwrap());
-        assert_eq!(holders(&servers, "job"), vec![None; servers.len()]);
+        released_everywhere(&servers, "job", vec![None; servers.len()]);
     }
 }
 
@@ -232,7 +240,30 @@ fn a_frozen_minority_holds_up_neither_the_acquire_nor_the_keepalive() {
     );
     drop(frozen);
     assert!(lease.release().unwrap());
+    released_everywhere(&servers[..2], "job", vec![None; 2]);
+}
+
+#[test]
+fn release_with_a_frozen_minority_returns_once_a_majority_answered() {
+    let servers = servers(3);
+    let lock = QuorumLock::new(&clients(&servers), "job").ttl(Duration::from_secs(10));
+    let lease = lock.try_acquire().unwrap().expect("free");
+    let frozen = servers[2].freeze();
+    let started = Instant::now();
+    assert!(lease.release().unwrap());
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(holders(&servers[..2], "job"), vec![None; 2]);
+    // The frozen server's RELEASE was sent all the same: it runs once the server wakes.
+    drop(frozen);
+    wait_until(
+        "the thawed server to release",
+        Duration::from_secs(5),
+        || holders(&servers[2..], "job") == vec![None],
+    );
 }
 
 #[test]
@@ -282,10 +313,7 @@ fn a_competing_holder_on_one_of_three_does_not_stop_it() {
         vec![Some(t), Some(t), Some(theirs)]
     );
     assert!(lease.release().unwrap());
-    assert_eq!(
-        holders(&servers, "job"),
-        vec![None, None, Some("other".into())]
-    );
+    released_everywhere(&servers, "job", vec![None, None, Some("other".into())]);
 }
 
 #[test]
@@ -335,10 +363,10 @@ fn extend_and_release_go_to_every_server() {
         assert!(ttl > 19_000, "{ttl}");
     }
     lease.release_strict().unwrap();
+    released_everywhere(&servers, "job", vec![None; 3]);
     for s in &servers {
         assert_eq!(calls(&mut s.conn(), "dlock.release"), 1);
     }
-    assert_eq!(holders(&servers, "job"), vec![None; 3]);
     assert!(matches!(lease.extend(None), Err(Error::NotHeld { .. })));
 }
 
@@ -352,7 +380,7 @@ fn dropping_the_lease_releases_it_everywhere() {
             .unwrap();
         assert!(holders(&servers, "job").iter().all(Option::is_some));
     }
-    assert_eq!(holders(&servers, "job"), vec![None; 3]);
+    released_everywhere(&servers, "job", vec![None; 3]);
 }
 
 #[test]
@@ -374,9 +402,7 @@ fn the_keepalive_renews_on_every_server() {
     }
     assert!(client[0].keepalive_running());
     lease.release().unwrap();
-    for s in &servers {
-        assert_eq!(holder(&mut s.conn(), "job"), None);
-    }
+    released_everywhere(&servers, "job", vec![None; 3]);
     wait_until("the keepalive to stop", Duration::from_secs(5), || {
         !client[0].keepalive_running()
     });
@@ -428,7 +454,7 @@ fn an_explicit_extend_refused_by_a_majority_marks_the_lease_lost() {
     assert!(matches!(lease.extend(None), Err(Error::LockLost(_))));
     assert!(lease.is_lost());
     assert!(!lease.release().unwrap(), "only one server still had it");
-    assert_eq!(holders(&servers, "job"), vec![None; 3]);
+    released_everywhere(&servers, "job", vec![None; 3]);
 }
 
 #[test]
@@ -524,6 +550,7 @@ fn a_node_id_changed_after_it_was_read_is_caught_on_the_grants() {
     let lock = QuorumLock::new(&clients(&servers), "job").ttl(Duration::from_secs(5));
     let lease = lock.try_acquire().unwrap().expect("free");
     assert!(lease.release().unwrap());
+    released_everywhere(&servers, "job", vec![None; 3]);
     duplicate_node_id(&servers);
     // The majority is servers 0 and 1, whose tokens now both carry node id 1.
     take(&servers[2], "job", "other");
@@ -556,6 +583,31 @@ mod tokio_client {
     }
 
     #[tokio::test]
+    async fn release_with_a_frozen_minority_returns_once_a_majority_answered() {
+        let servers = servers(3);
+        let lock = aio::QuorumLock::new(&clients(&servers), "job").ttl(Duration::from_secs(10));
+        let lease = lock.try_acquire().await.unwrap().expect("free");
+        let frozen = servers[2].freeze();
+        let started = Instant::now();
+        assert!(lease.release().await.unwrap());
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(holders(&servers[..2], "job"), vec![None; 2]);
+        drop(frozen);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while holders(&servers[2..], "job") != vec![None] {
+            assert!(
+                Instant::now() < deadline,
+                "the thawed server did not release"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
     async fn a_majority_takes_the_highest_token_and_fences_it() {
         let servers = servers(3);
         raise_clock(&servers[2], 1_000);
@@ -573,7 +625,7 @@ mod tokio_client {
         lease.extend(Some(Duration::from_secs(20))).await.unwrap();
         assert!(lease.remaining() > Duration::from_secs(19));
         assert!(lease.release().await.unwrap());
-        assert_eq!(holders(&servers, "job"), vec![None; 3]);
+        released_everywhere(&servers, "job", vec![None; 3]);
     }
 
     #[tokio::test]
@@ -685,6 +737,7 @@ mod tokio_client {
         let lock = aio::QuorumLock::new(&clients(&servers), "job").ttl(Duration::from_secs(5));
         let lease = lock.try_acquire().await.unwrap().expect("free");
         assert!(lease.release().await.unwrap());
+        released_everywhere(&servers, "job", vec![None; 3]);
         duplicate_node_id(&servers);
         take(&servers[2], "job", "other");
         match lock.try_acquire().await {

@@ -531,12 +531,14 @@ async fn release(runtime: &Handle, clients: &[Client], state: &Arc<LeaseState>) 
     while state.is_busy() {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
+    // Once a majority answered, the rest get a grace period, not the command timeout: a
+    // frozen server's RELEASE still goes out (its task carries on), but is not waited for.
     let replies = round_of_ones(
         runtime,
         clients,
         spec::release_cmd(&state.key, &state.owner),
         command_deadline(clients),
-        true,
+        false,
     )
     .await;
     let tally = Tally::of(&votes(&replies, quorum::one_vote));
