@@ -267,6 +267,31 @@ fn release_with_a_frozen_minority_returns_once_a_majority_answered() {
 }
 
 #[test]
+fn a_failed_attempt_leaves_nothing_held_on_a_server_that_wakes_after_it() {
+    let servers = servers(3);
+    take(&servers[0], "job", "other");
+    take(&servers[1], "job", "other");
+    // A new lock reads each server's node id first: the frozen server answers its INFO only
+    // after the attempt failed, and must then not be sent the ACQUIRE (the attempt's RELEASE
+    // went out long before).
+    let lock = QuorumLock::new(&clients(&servers), "job").ttl(Duration::from_secs(30));
+    let frozen = servers[2].freeze();
+    assert!(lock.try_acquire().unwrap().is_none());
+    drop(frozen);
+    let mut c = servers[2].conn();
+    wait_until(
+        "the woken server to answer the INFO",
+        Duration::from_secs(5),
+        || calls(&mut c, "info") >= 1,
+    );
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_millis(300) {
+        assert_eq!(holder(&mut c, "job"), None, "held for an abandoned attempt");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
 fn a_majority_of_servers_down_is_not_acquired_and_leaves_nothing_held() {
     let mut servers = servers(3);
     let clients = clients(&servers);

@@ -220,9 +220,9 @@ impl QuorumLock {
             return Err(quorum::no_servers());
         }
         let runtime = runtime()?;
-        // A fresh owner for each attempt: two leases of one lock object (or its clones) never
-        // re-enter each other's holds, and a late RELEASE of a failed attempt cannot end a
-        // hold of the next one.
+        // A fresh owner for each attempt, unless one is given: two leases of one lock object
+        // (or its clones) never re-enter each other's holds, and a late RELEASE of a failed
+        // attempt cannot end a hold of the next one.
         let owner = self.spec.owner.clone().unwrap_or_else(quorum::random_owner);
         let mut spec = self.spec.clone();
         spec.owner = Some(owner.clone());

@@ -21,6 +21,27 @@ pub(crate) struct Target {
     conn: Mutex<Option<Conn>>,
 }
 
+/// Where one server's ACQUIRE of an attempt stands. A failed attempt's RELEASE to a server
+/// still asked goes from the thread that waits for that ACQUIRE, after its reply: sent beside
+/// it on another connection, the server could run the RELEASE first and then grant the
+/// ACQUIRE to an owner nobody holds for, until its ttl.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Turn {
+    Asking,
+    Answered,
+    Abandoned,
+}
+
+type Turns = Arc<Vec<Mutex<Turn>>>;
+
+/// Record that server `i` answered; whether the attempt was abandoned meanwhile (its RELEASE
+/// is then this thread's to send).
+fn answered(turns: &Turns, i: usize) -> bool {
+    turns
+        .get(i)
+        .is_some_and(|t| std::mem::replace(&mut *lock(t), Turn::Answered) == Turn::Abandoned)
+}
+
 /// Run `job(i)` for every server `i < n` on a thread of its own, and collect the answers until
 /// all came, `wait` says the outcome is known (then [`GRACE`] more for the others), or `until`
 /// passes. `None` for a server that did not answer by then (its thread ends by itself).
@@ -204,9 +225,9 @@ impl QuorumLock {
         if self.clients.is_empty() {
             return Err(quorum::no_servers());
         }
-        // A fresh owner for each attempt: two leases of one lock object (or its clones) never
-        // re-enter each other's holds, and a late RELEASE of a failed attempt cannot end a
-        // hold of the next one.
+        // A fresh owner for each attempt, unless one is given: two leases of one lock object
+        // (or its clones) never re-enter each other's holds, and a late RELEASE of a failed
+        // attempt cannot end a hold of the next one.
         let owner = self.spec.owner.clone().unwrap_or_else(quorum::random_owner);
         let mut spec = self.spec.clone();
         spec.owner = Some(owner.clone());
@@ -217,6 +238,13 @@ impl QuorumLock {
         let unknown: Vec<bool> = lock(&self.node_ids).iter().map(Option::is_none).collect();
         let clients = self.clients.clone();
         let cmd = spec.acquire_cmd(None);
+        let release = spec::release_cmd(&self.spec.key, &owner);
+        let turns: Turns = Arc::new(
+            (0..self.clients.len())
+                .map(|_| Mutex::new(Turn::Asking))
+                .collect(),
+        );
+        let asking = Arc::clone(&turns);
         let mut replies = fan_out(
             self.clients.len(),
             Some(deadline),
@@ -233,6 +261,8 @@ impl QuorumLock {
                     match c.query(&quorum::info_cmd(), read_timeout) {
                         Ok(info) => quorum::parse_node_id(&info),
                         Err(e) => {
+                            // No ACQUIRE went out: nothing to release.
+                            answered(&asking, i);
                             return Granted {
                                 node_id: None,
                                 reply: Err(e),
@@ -242,36 +272,47 @@ impl QuorumLock {
                 } else {
                     None
                 };
+                if asking.get(i).is_some_and(|t| *lock(t) == Turn::Abandoned) {
+                    // The attempt failed while the INFO was on its way: ask no more.
+                    answered(&asking, i);
+                    return Granted {
+                        node_id,
+                        reply: Ok(None),
+                    };
+                }
                 let reply = c
                     .query(&cmd, read_timeout)
                     .and_then(|r| Ok(spec.parse_grant(r)?.map(|(token, _)| token)));
+                if answered(&asking, i) {
+                    let _ = c.query(&release, read_timeout);
+                }
                 Granted { node_id, reply }
             },
             |replies| Tally::of(&quorum::acquire_votes(replies)).wait(),
         );
         let checked = quorum::learn_node_ids(&mut lock(&self.node_ids), &replies);
         if let Err(e) = checked {
-            self.release_all(&owner);
+            self.release_all(&owner, &turns);
             return Err(e);
         }
         if let Some(e) = quorum::config_error(&mut replies) {
-            self.release_all(&owner);
+            self.release_all(&owner, &turns);
             return Err(e);
         }
         let grants = quorum::grants(&replies);
         if let Err(e) = quorum::check_grant_nodes(self.clients.len(), &grants) {
-            self.release_all(&owner);
+            self.release_all(&owner, &turns);
             return Err(e);
         }
         let target = grants.iter().map(|(_, t)| *t).max().unwrap_or(0);
         if grants.len() < quorum::majority(self.clients.len()) || Instant::now() >= deadline {
-            self.release_all(&owner);
+            self.release_all(&owner, &turns);
             return Ok(None);
         }
         let fenced = match self.fence(&grants, &owner, target, deadline) {
             Ok(fenced) => fenced,
             Err(e) => {
-                self.release_all(&owner);
+                self.release_all(&owner, &turns);
                 return Err(e);
             }
         };
@@ -304,7 +345,7 @@ impl QuorumLock {
                 state,
             }));
         }
-        self.release_all(&owner);
+        self.release_all(&owner, &turns);
         Ok(None)
     }
 
@@ -350,12 +391,26 @@ impl QuorumLock {
         Ok(Tally::of(&fenced).yes >= need)
     }
 
-    /// RELEASE on every server after a failed attempt (a grant may still be on its way).
-    fn release_all(&self, owner: &str) {
+    /// RELEASE after a failed attempt: now on every server that answered its ACQUIRE, and
+    /// from the ACQUIRE's own thread, once it has the reply, on those still asked.
+    fn release_all(&self, owner: &str, turns: &Turns) {
+        let answered: Vec<Client> = self
+            .clients
+            .iter()
+            .zip(turns.iter())
+            .filter(|(_, turn)| {
+                let mut turn = lock(turn);
+                if *turn == Turn::Asking {
+                    *turn = Turn::Abandoned;
+                }
+                *turn == Turn::Answered
+            })
+            .map(|(client, _)| client.clone())
+            .collect();
         let until = Instant::now() + self.spec.ttl().min(Duration::from_secs(1));
         let until = command_deadline(&self.clients).map_or(until, |c| c.min(until));
         round_of_ones(
-            &self.clients,
+            &answered,
             spec::release_cmd(&self.spec.key, owner),
             Some(until),
             true,
