@@ -54,6 +54,13 @@ class QuorumServers:
             r.delete(self.key)
             r.close()
 
+    def released_everywhere(self, servers: list[int] | None = None) -> None:
+        """A quorum release returns once the answers settle it: the last servers' RELEASE
+        lands moments later. Wait until the key is free on `servers` (default: all)."""
+        rs = self.rs if servers is None else [self.rs[i] for i in servers]
+        wait_until("every server's RELEASE",
+                   lambda: all(info(r, self.key) is None for r in rs))
+
     def raise_clock(self, server: int, lead_ms: int) -> int:
         """Push one server's token clock `lead_ms` ahead of the wall clock (with FENCE on a
         key of its own); the token it was raised to."""
@@ -86,8 +93,7 @@ class SyncQuorumTest(QuorumServers, unittest.TestCase):
             self.assertEqual(fences(r), fenced + 1)
         self.assertFalse(hasattr(lease, "guard"))
         self.assertTrue(lease.release())
-        for r in self.rs:
-            self.assertIsNone(info(r, self.key))
+        self.released_everywhere()
         # The fenced clocks issue tokens above T from now on, on every server.
         for r in self.rs:
             self.assertGreater(r.execute_command("DLOCK.ACQUIRE", "after", "x", 1000),
@@ -187,8 +193,7 @@ class SyncQuorumTest(QuorumServers, unittest.TestCase):
             self.assertGreater(r.pttl(self.key), 19_000)
         self.assertTrue(lease.release())
         self.assertFalse(lease.release())
-        for r in self.rs:
-            self.assertIsNone(info(r, self.key))
+        self.released_everywhere()
         with self.assertRaises(NotHeld):
             lease.check()
 
@@ -225,7 +230,7 @@ class SyncQuorumTest(QuorumServers, unittest.TestCase):
         with self.assertRaises(LockLost):
             lease.extend()
         lease.release()
-        self.assertIsNone(info(self.rs[2], self.key))
+        self.released_everywhere([2])
 
     def test_a_refused_explicit_extend_is_lost(self) -> None:
         lease = QuorumLock(self.rs, self.key, 5).acquire()
@@ -251,8 +256,7 @@ class SyncQuorumTest(QuorumServers, unittest.TestCase):
         with self.assertRaises(KeyError):
             with QuorumLock(self.rs, self.key, 5):
                 raise KeyError("boom")
-        for r in self.rs:
-            self.assertIsNone(info(r, self.key))
+        self.released_everywhere()
 
     def test_duplicate_node_ids_are_refused(self) -> None:
         self.rs[1].config_set("dlock.node-id", NODE_IDS[0])
@@ -261,8 +265,7 @@ class SyncQuorumTest(QuorumServers, unittest.TestCase):
             with self.assertRaises(DuplicateNodeId) as caught:
                 QuorumLock(fresh, self.key, 5).acquire()
             self.assertIn("dlock.node-id 1", str(caught.exception))
-            for r in self.rs:
-                self.assertIsNone(info(r, self.key))
+            self.released_everywhere()
         finally:
             self.rs[1].config_set("dlock.node-id", NODE_IDS[1])
 
@@ -273,8 +276,7 @@ class SyncQuorumTest(QuorumServers, unittest.TestCase):
         try:
             with self.assertRaises(DuplicateNodeId):
                 lock.acquire()
-            for r in self.rs:
-                self.assertIsNone(info(r, self.key))
+            self.released_everywhere()
         finally:
             self.rs[1].config_set("dlock.node-id", NODE_IDS[1])
 
@@ -322,8 +324,10 @@ class AsyncQuorumTest(QuorumServers, unittest.IsolatedAsyncioTestCase):
             for r in self.ars:
                 await until("the hold fenced to T",
                             lambda: self._token_is(r, lease.token))
-        for r in self.ars:
-            self.assertIsNone(await async_info(r, self.key))
+        await until("every server's RELEASE", self._released_everywhere)
+
+    async def _released_everywhere(self) -> bool:
+        return all([await async_info(r, self.key) is None for r in self.ars])
 
     async def _token_is(self, r: Any, token: int) -> bool:
         state = await async_info(r, self.key)
