@@ -662,7 +662,8 @@ unsafe extern "C" fn on_free(ctx: *mut raw::RedisModuleCtx, data: *mut c_void) {
 /// A keyspace event on a key: someone else changed it. Bindings of holds that are gone are
 /// dropped (or follow the key when it is renamed or moved); a lock whose expiry was changed
 /// (`PERSIST`, `EXPIRE`, or `RESTORE` with a ttl of 0 or past the lease) gets its lease back;
-/// waiters are offered the key (it may have been freed). A notification handler may not write: the writes happen from the next timer.
+/// waiters are offered the key (it may have been freed). A notification handler may not
+/// write: the writes happen from the next timer.
 pub unsafe extern "C" fn on_keyspace_event(
     ctx: *mut raw::RedisModuleCtx,
     _type: c_int,

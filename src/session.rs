@@ -46,19 +46,22 @@ struct Sessions {
 
 impl Sessions {
     fn unbind(&mut self, key: &KeyId, hold: &BoundHold) {
-        let Some(holds) = self.by_key.get_mut(key) else {
-            return;
-        };
-        let Some(client) = holds.remove(hold) else {
-            return;
-        };
+        if let Some(client) = self.forget_for_key(key, hold) {
+            self.forget_for_client(client, key, hold);
+        }
+    }
+
+    /// Drop `hold` from `key`'s bindings; the client it was bound to, if it was.
+    fn forget_for_key(&mut self, key: &KeyId, hold: &BoundHold) -> Option<u64> {
+        let holds = self.by_key.get_mut(key)?;
+        let client = holds.remove(hold)?;
         if holds.is_empty() {
             self.by_key.remove(key);
             self.by_key.fit();
         } else {
             holds.fit();
         }
-        self.forget_for_client(client, key, hold);
+        Some(client)
     }
 
     fn forget_for_client(&mut self, client: u64, key: &KeyId, hold: &BoundHold) {
@@ -271,15 +274,7 @@ unsafe extern "C" fn on_client_change(
         s.by_client.fit();
         let mut keys = HashSet::new();
         for (key, hold) in holds {
-            if let Some(bound) = s.by_key.get_mut(&key) {
-                bound.remove(&hold);
-                if bound.is_empty() {
-                    s.by_key.remove(&key);
-                    s.by_key.fit();
-                } else {
-                    bound.fit();
-                }
-            }
+            s.forget_for_key(&key, &hold);
             s.ending.entry(key.clone()).or_default().push(hold);
             keys.insert(key);
         }
