@@ -259,11 +259,7 @@ fn release_with_a_frozen_minority_returns_once_a_majority_answered() {
     assert_eq!(holders(&servers[..2], "job"), vec![None; 2]);
     // The frozen server's RELEASE was sent all the same: it runs once the server wakes.
     drop(frozen);
-    wait_until(
-        "the thawed server to release",
-        Duration::from_secs(5),
-        || holders(&servers[2..], "job") == vec![None],
-    );
+    released_everywhere(&servers[2..], "job", vec![None]);
 }
 
 #[test]
